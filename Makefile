@@ -1,0 +1,51 @@
+# The two commands a user needs: `make local-swarm N=10` and `make test`. Everything else is a step
+# of those. Docker must be reachable; scripts/docker-setup.sh installs and starts an engine and
+# builds the base image offline when no registry is reachable (CI does that first).
+
+SHELL      := /bin/bash
+PYTHON     ?= python3
+VENV       ?= .venv
+IMAGE      ?= p2p-node:latest
+N          ?= 10
+SIZE       ?= 64M
+PIECE      ?= 256K
+
+VENV_PY    := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+
+.PHONY: help venv base-image image test test-unit test-swarm test-swarm-full compose-files \
+        compose-test local-swarm swarm-down logs status clean
+
+help:
+	@echo "make local-swarm N=10   build the image and sync a file across N containers"
+	@echo "make test               unit tests, then the container scenarios"
+	@echo "make test-unit          host-only tests (no Docker)"
+	@echo "make test-swarm         container scenarios (Docker)"
+	@echo "make compose-test       the seeder/leecher docker-compose.yml round trip"
+	@echo "make swarm-down         stop the local swarm"
+
+$(VENV_STAMP): solution/requirements.txt tests/requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install -q --upgrade pip
+	$(VENV_PY) -m pip install -q -r tests/requirements-dev.txt
+	touch $@
+
+venv: $(VENV_STAMP)
+
+base-image:
+	@docker image inspect debian:bookworm-slim >/dev/null 2>&1 || bash scripts/docker-setup.sh
+
+image: base-image
+	docker build -q -t $(IMAGE) solution >/dev/null
+	@echo "built $(IMAGE)"
+
+test: test-unit test-swarm
+
+test-unit: venv
+	$(VENV_PY) -m pytest -q tests/unit
+
+test-swarm: venv image
+	IMAGE=$(IMAGE) $(VENV_PY) -m pytest -q -s tests/swarm
+
+clean:
+	rm -rf $(VENV) tmp .pytest_cache

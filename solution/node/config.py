@@ -1,0 +1,193 @@
+"""Parse and validate everything the node is told: argv, NODE_* environment, /torrent.conf.
+
+Rule: this module does no I/O beyond reading the conf file it is pointed at, and every problem
+raises `ConfigError(field, why)`, so the operator gets one line that names the field.
+Result: a frozen `Config`, holding an optional frozen `FileInfo`.
+"""
+
+import argparse
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+
+import ujson
+
+DEFAULT_PORT = 6881  # every node of a swarm listens on the same port (the SPEC's peers are bare IPs)
+MAX_PIECES = 1 << 22  # bounds bitfield and metadata frames (512 KiB and 80 MiB)
+MAX_PIECE_BYTES = 64 << 20  # one piece must fit in one Pieces frame
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A problem in what the operator gave us; `field` names where it is."""
+
+    def __init__(self, field, why):
+        super().__init__(f"{field}: {why}")
+        self.field = field
+        self.why = why
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    size: int
+    piece_size: int
+    hashes: tuple  # SHA-1 digests, 20 bytes each, one per piece
+
+    @property
+    def n_pieces(self):
+        return len(self.hashes)
+
+    def piece_offset(self, i):
+        return i * self.piece_size
+
+    def piece_len(self, i):
+        return min(self.piece_size, self.size - i * self.piece_size)
+
+    def span(self, first, count):
+        """(offset, length) in bytes of pieces first .. first+count-1."""
+        start = first * self.piece_size
+        return start, min(self.size, (first + count) * self.piece_size) - start
+
+    @property
+    def meta_id(self):
+        """Identifies the file: SHA-1 over size, piece size and all piece hashes."""
+        h = hashlib.sha1(b"%d:%d:" % (self.size, self.piece_size))
+        h.update(b"".join(self.hashes))
+        return h.digest()
+
+    def to_json(self):
+        return {"Size": self.size, "PartSize": self.piece_size, "Parts": [h.hex() for h in self.hashes]}
+
+
+@dataclass(frozen=True)
+class Config:
+    data_path: str
+    conf_path: str
+    state_path: str
+    port: int
+    bind: str
+    log_level: str
+    discovery: bool
+    peers: tuple  # (host, port) pairs from the conf
+    file_info: object  # FileInfo or None
+
+
+def _type_name(v):
+    return {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
+            list: "array", dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _need(value, kinds, field, what):
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ConfigError(field, f"expected {what}, got {_type_name(value)}")
+    return value
+
+
+def check_file_info(size, piece_size, n_parts, field="FileInfo"):
+    """Shared by the conf parser and the metadata a peer sends us."""
+    if size < 0:
+        raise ConfigError(f"{field}.Size", f"must be >= 0, got {size}")
+    if not 0 < piece_size <= MAX_PIECE_BYTES:
+        raise ConfigError(f"{field}.PartSize", f"must be in 1..{MAX_PIECE_BYTES}, got {piece_size}")
+    want = -(-size // piece_size)
+    if n_parts != want:
+        raise ConfigError(f"{field}.Parts", f"has {n_parts} hashes, Size/PartSize needs {want}")
+    if want > MAX_PIECES:
+        raise ConfigError(f"{field}.Parts", f"{want} pieces is more than the {MAX_PIECES} supported")
+
+
+def parse_file_info(obj, field="FileInfo"):
+    """FileInfo or None (absent, null, or null Parts: the node learns it from a peer)."""
+    if obj is None:
+        return None
+    _need(obj, dict, field, "object or null")
+    parts = obj.get("Parts")
+    if parts is None:
+        return None
+    size = _need(obj.get("Size"), int, f"{field}.Size", "integer")
+    piece_size = _need(obj.get("PartSize"), int, f"{field}.PartSize", "integer")
+    _need(parts, list, f"{field}.Parts", "array of SHA-1 hex strings")
+    hashes = []
+    for i, p in enumerate(parts):
+        _need(p, str, f"{field}.Parts[{i}]", "SHA-1 hex string")
+        try:
+            digest = bytes.fromhex(p)
+        except ValueError:
+            digest = b""
+        if len(digest) != 20:
+            raise ConfigError(f"{field}.Parts[{i}]", f"expected 40 hex digits, got {p[:48]!r}")
+        hashes.append(digest)
+    check_file_info(size, piece_size, len(hashes), field)
+    return FileInfo(size, piece_size, tuple(hashes))
+
+
+def parse_address(text, default_port, field):
+    """'10.0.0.2' or '10.0.0.2:7000' or 'host[:port]' -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host, port = text.strip(), str(default_port)
+    if not host or any(c.isspace() for c in host):
+        raise ConfigError(field, f"expected an IP address, got {text!r}")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(field, f"bad port in {text!r}")
+    return host, int(port)
+
+
+def parse_peers(obj, default_port):
+    if obj is None:
+        return ()
+    _need(obj, list, "Peers", "array of IP address strings or null")
+    return tuple(parse_address(_need(p, str, f"Peers[{i}]", "IP address string"), default_port, f"Peers[{i}]")
+                 for i, p in enumerate(obj))
+
+
+def parse_torrent_conf(text, default_port=DEFAULT_PORT, field_prefix=""):
+    """JSON text of /torrent.conf -> (peers, FileInfo or None)."""
+    try:
+        obj = ujson.loads(text)
+    except (ValueError, OverflowError) as e:
+        raise ConfigError(field_prefix or "torrent.conf", f"invalid JSON ({e})") from None
+    _need(obj, dict, field_prefix or "torrent.conf", "a JSON object")
+    return parse_peers(obj.get("Peers"), default_port), parse_file_info(obj.get("FileInfo"))
+
+
+def _arg_parser(env):
+    p = argparse.ArgumentParser(prog="python3 -m node", description="Peer-to-peer file-sync node.")
+    p.add_argument("--data", default=env.get("NODE_DATA", "/data.bin"), help="data file (NODE_DATA)")
+    p.add_argument("--conf", default=env.get("NODE_CONF", "/torrent.conf"), help="torrent conf (NODE_CONF)")
+    p.add_argument("--state", default=env.get("NODE_STATE"),
+                   help="where learned file info and peers persist (NODE_STATE; default DATA.state.json)")
+    p.add_argument("--port", default=env.get("NODE_PORT", str(DEFAULT_PORT)), help="TCP+UDP port (NODE_PORT)")
+    p.add_argument("--bind", default=env.get("NODE_BIND", "0.0.0.0"), help="IPv4 to listen on (NODE_BIND)")
+    p.add_argument("--log-level", default=env.get("NODE_LOG_LEVEL", "info"), help="debug|info|warning|error")
+    p.add_argument("--discovery", default=env.get("NODE_DISCOVERY", "on"), help="on|off: UDP self-discovery")
+    return p
+
+
+def _parse_flags(ns):
+    if not ns.port.isdigit() or not 0 < int(ns.port) < 65536:
+        raise ConfigError("port", f"expected 1..65535, got {ns.port!r}")
+    if ns.log_level not in LOG_LEVELS:
+        raise ConfigError("log-level", f"expected one of {'|'.join(LOG_LEVELS)}, got {ns.log_level!r}")
+    if ns.discovery not in ("on", "off"):
+        raise ConfigError("discovery", f"expected on|off, got {ns.discovery!r}")
+    try:
+        ipaddress.IPv4Address(ns.bind)
+    except ValueError:
+        raise ConfigError("bind", f"expected an IPv4 address, got {ns.bind!r}") from None
+    return int(ns.port)
+
+
+def load(argv, env):
+    """argv (without the program name) + environment + conf file -> Config."""
+    ns = _arg_parser(env).parse_args(argv)
+    port = _parse_flags(ns)
+    try:
+        with open(ns.conf, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError("conf", f"cannot read {ns.conf} ({e.strerror})") from None
+    peers, info = parse_torrent_conf(text, port)
+    return Config(data_path=ns.data, conf_path=ns.conf, state_path=ns.state or ns.data + ".state.json",
+                  port=port, bind=ns.bind, log_level=ns.log_level, discovery=ns.discovery == "on",
+                  peers=peers, file_info=info)

@@ -1,0 +1,382 @@
+"""One peer connection: a reader greenlet running a blocking-style loop (read a frame, act on it)
+and a writer greenlet that owns every send.
+
+Rule: only the writer sends. Both peers request from each other on one full-duplex link; if one
+greenlet both read and sent large responses, two peers sending at once with full socket buffers
+would each wait for the other to read, forever. The reader never blocks on the writer: what a peer
+may queue with us is bounded (MAX_PEER_REQUESTS), and a peer that exceeds it is closed.
+"""
+
+import random
+import time
+
+import gevent
+from gevent.queue import Queue
+
+from . import log, picker, wire
+from .config import ConfigError, FileInfo, check_file_info
+
+REQUEST_BYTES = 1 << 20  # one REQUEST asks for about this many bytes of consecutive pieces
+PIPELINE_REQUESTS = 3  # requests kept outstanding per peer, so the link never idles
+MAX_PEER_REQUESTS = 64  # requests a peer may queue with us before we call it a flood
+MAX_SERVE_BYTES = 64 << 20  # largest single REQUEST we serve (one max-size piece)
+HANDSHAKE_TIMEOUT_S = 5.0  # a peer that connects and says nothing frees its slot this fast
+REQUEST_TIMEOUT_S = 4.0  # plus REQUEST_TIMEOUT_PER_MB_S per MiB, as Kraken scales piece deadlines
+REQUEST_TIMEOUT_PER_MB_S = 4.0
+USELESS_CLOSE_S = 3.0  # a link with nothing to exchange this long is closed (sockets are scarce)
+MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
+HAVE_RUNS_MAX = 64  # beyond this many HAVE frames, one BITFIELD is cheaper
+
+_KICK = object()
+
+
+class Closed(Exception):
+    """We decided to end this connection; the message says why."""
+
+
+def _span(first, count):
+    return ((1 << count) - 1) << first
+
+
+class Conn:
+    def __init__(self, node, sock, ip, outbound, entry=None):
+        self.node = node
+        self.state = node.state
+        self.sock = sock
+        self.ip = ip
+        self.outbound = outbound
+        self.entry = entry  # PeerEntry of the peer's listening address, once known
+        self.peer_id = None
+        self.peer_meta = wire.NO_META
+        self.has = 0  # pieces the peer holds
+        self.mine = {}  # first -> (count, deadline): our outstanding requests to this peer
+        self.mine_bits = 0
+        self.sent_have = None  # what we last told the peer we hold (None: nothing yet)
+        self.sent_peers = set()
+        self.serving = 0  # peer's requests queued with our writer
+        self.meta_asked = False
+        self.strikes = 0
+        self.last_useful = time.monotonic()
+        self.reason = None
+        self.registered = False
+        self.rng = random.Random()
+        self._queue = Queue()
+        self._kicked = False
+        self._buf = bytearray(1 << 16)
+        self._writer = None
+
+    @property
+    def name(self):
+        return self.entry.addr[0] if self.entry else self.ip
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def run(self):
+        """The connection's life, on the calling greenlet. Never raises for a peer's doing."""
+        try:
+            self._handshake()
+            if not self.node.register(self):
+                return
+            self.registered = True
+            self._writer = gevent.spawn(self._write_loop)
+            self.kick()
+            self._read_loop()
+        except wire.WireError as e:
+            self.reason = self.reason or f"protocol error: {e}"
+            log.warning("peer_closed", peer=self.name, result="protocol_error", why=str(e))
+        except Closed as e:
+            self.reason = self.reason or str(e)
+        except (OSError, EOFError, gevent.Timeout) as e:
+            self.reason = self.reason or f"{type(e).__name__}: {e}"
+        finally:
+            self._cleanup()
+
+    def close(self, why):
+        """Ask the connection to end (from any greenlet): the reader wakes with EOF."""
+        if self.reason is None:
+            self.reason = why
+        try:
+            self.sock.shutdown(2)
+        except OSError:
+            pass
+
+    def _cleanup(self):
+        if self._writer is not None:
+            self._writer.kill(block=False)
+        self.sock.close()
+        if self.mine_bits:
+            self.state.release(self.mine_bits & ~self.state.have)
+        self.mine, self.mine_bits = {}, 0
+        self.node.unregister(self)
+        if self.registered:
+            log.info("peer_closed", peer=self.name, why=self.reason or "eof", result="closed")
+
+    # -- handshake ----------------------------------------------------------------------------
+    def _handshake(self):
+        s = self.state
+        hello = wire.Hello(s.node_id, self.node.config.port, s.info.meta_id if s.info else wire.NO_META)
+        self.sock.sendall(wire.encode(hello))
+        with gevent.Timeout(HANDSHAKE_TIMEOUT_S, Closed("no hello within handshake timeout")):
+            kind, n = wire.decode_header(self._recv(wire.HEADER.size))
+            if kind != wire.HELLO:
+                raise wire.WireError(f"expected hello, got {wire.NAMES[kind]}")
+            msg = wire.decode_payload(kind, self._recv(n))
+        if msg.version != wire.VERSION:
+            raise Closed(f"protocol version {msg.version} != {wire.VERSION}")
+        if s.info and msg.meta_id not in (wire.NO_META, s.info.meta_id):
+            raise Closed("peer syncs a different file (meta_id differs)")
+        self.peer_id, self.peer_meta = msg.node_id, msg.meta_id
+        self.listen_port = msg.port
+
+    # -- reading ------------------------------------------------------------------------------
+    def _recv(self, n):
+        """Exactly n bytes, as a view of a reused buffer (valid until the next call)."""
+        if len(self._buf) < n:
+            self._buf = bytearray(n)
+        view = memoryview(self._buf)[:n]
+        got = 0
+        while got < n:
+            k = self.sock.recv_into(view[got:])
+            if not k:
+                raise EOFError("peer closed the connection")
+            got += k
+        return view
+
+    def _read_loop(self):
+        while True:
+            kind, n = wire.decode_header(self._recv(wire.HEADER.size))
+            if kind == wire.PIECES:
+                self._on_pieces(n)
+                continue
+            if kind == wire.META and not self.meta_asked:
+                raise wire.WireError("unsolicited meta")
+            self._dispatch(wire.decode_payload(kind, self._recv(n)))
+
+    def _dispatch(self, msg):
+        t = type(msg)
+        if t is wire.Request:
+            self._on_request(msg.first, msg.count)
+        elif t is wire.Have:
+            self._check_range(msg.first, msg.count)
+            self.has |= _span(msg.first, msg.count)
+            self.kick()
+        elif t is wire.Bitfield:
+            self.has = int.from_bytes(msg.bits, "little")
+            if self.state.info:
+                self.has &= self.state.full
+            self.kick()
+        elif t is wire.Reject:
+            self._on_reject(msg.first, msg.count)
+        elif t is wire.Peers:
+            for addr in msg.addrs:
+                self.node.learn_peer(addr, "pex")
+        elif t is wire.GetMeta:
+            if self.state.info:
+                self.send(wire.encode(_meta_msg(self.state.info)))
+        elif t is wire.Meta:
+            self._on_meta(msg)
+        elif t is wire.StatusRequest:
+            self.send(wire.encode(wire.Status(self.node.status_json())))
+        else:
+            raise wire.WireError(f"unexpected {type(msg).__name__} after handshake")
+
+    def _check_range(self, first, count):
+        limit = self.state.info.n_pieces if self.state.info else (1 << 22)
+        if count < 1 or first + count > limit:
+            raise wire.WireError(f"piece range {first}+{count} outside 0..{limit}")
+
+    def _on_request(self, first, count):
+        info = self.state.info
+        self._check_range(first, count)
+        if info is None or not self.state.has_all(first, count):
+            self.send(wire.encode(wire.Reject(first, count)))
+            return
+        if info.span(first, count)[1] > max(MAX_SERVE_BYTES, info.piece_size):
+            raise wire.WireError(f"request of {count} pieces is too large")
+        if self.serving >= MAX_PEER_REQUESTS:
+            raise wire.WireError(f"more than {MAX_PEER_REQUESTS} requests queued")
+        self.serving += 1
+        self._queue.put((first, count))
+
+    def _on_pieces(self, n):
+        info = self.state.info
+        first, count = wire.RANGE.unpack(self._recv(wire.RANGE.size))
+        if self.mine.get(first, (None,))[0] != count:
+            raise wire.WireError(f"pieces {first}+{count} were not requested")
+        if n - wire.RANGE.size != info.span(first, count)[1]:
+            raise wire.WireError(f"pieces {first}+{count} carry {n - wire.RANGE.size} bytes")
+        data = self._recv(n - wire.RANGE.size)
+        good = self.node.storage.write(first, data, skip=self.state.have)
+        # Only now is the request done: while the pool hashed, these pieces stayed "mine", so the
+        # endgame could not ask this same peer for them again.
+        del self.mine[first]
+        span = _span(first, count)
+        self.mine_bits &= ~span
+        self._account(first, count, span, good, len(data))
+        self.kick()
+
+    def _account(self, first, count, span, good, nbytes):
+        s = self.state
+        s.count("bytes_in", nbytes)
+        new = good & ~s.have
+        s.count("pieces_in", new.bit_count())
+        s.count("dup_pieces", (span & s.have).bit_count())
+        bad = span & ~good & ~s.have
+        s.mark_have(good)
+        if bad:
+            s.count("pieces_bad", bad.bit_count())
+            self.has &= ~bad
+            s.release(bad)
+            self.strikes += bad.bit_count()
+            log.warning("piece_bad", peer=self.name, first=first, count=count,
+                        bad=bad.bit_count(), strikes=self.strikes, result="discarded")
+            if self.strikes >= MAX_BAD_PIECES:
+                self.node.ban(self)
+                raise Closed(f"{self.strikes} pieces failed their hash")
+        if new:
+            self.last_useful = time.monotonic()
+            self.node.sources.add(self.name)
+
+    def _on_reject(self, first, count):
+        entry = self.mine.pop(first, None)
+        if entry is None:
+            return  # a stale reject (we already timed the request out)
+        span = _span(first, entry[0])
+        self.mine_bits &= ~span
+        self.has &= ~span
+        self.state.release(span & ~self.state.have)
+        self.kick()
+
+    def _on_meta(self, msg):
+        self.meta_asked = False
+        if self.state.info is not None:
+            return
+        try:
+            check_file_info(msg.size, msg.piece_size, len(msg.hashes), field="meta")
+        except ConfigError as e:
+            raise wire.WireError(f"bad metadata: {e}") from None
+        info = FileInfo(msg.size, msg.piece_size, msg.hashes)
+        if info.meta_id != self.peer_meta:
+            raise wire.WireError("metadata does not match the meta_id of the peer's hello")
+        self.node.learn_meta(info, source=self.name)
+
+    # -- writing ------------------------------------------------------------------------------
+    def send(self, data):
+        self._queue.put(data)
+
+    def kick(self):
+        """Something changed: let the writer top up requests and announcements."""
+        if not self._kicked:
+            self._kicked = True
+            self._queue.put(_KICK)
+
+    def _write_loop(self):
+        try:
+            while True:
+                job = self._queue.get()
+                if job is _KICK:
+                    self._kicked = False
+                    self._on_kick()
+                elif type(job) is tuple:
+                    self._serve(*job)
+                else:
+                    self.sock.sendall(job)
+        except Closed as e:
+            self.close(str(e))
+        except (OSError, EOFError, TimeoutError) as e:
+            self.close(f"send failed: {e}")
+
+    def _serve(self, first, count):
+        self.serving -= 1
+        info = self.state.info
+        nbytes = info.span(first, count)[1]
+        self.sock.sendall(wire.pieces_header(first, count, nbytes))
+        self.node.storage.sendfile(self.sock, first, count)
+        self.state.count("bytes_out", nbytes)
+        self.last_useful = time.monotonic()
+
+    def _on_kick(self):
+        s = self.state
+        if s.info is None:
+            if self.peer_meta != wire.NO_META and not self.meta_asked:
+                self.meta_asked = True
+                self.sock.sendall(wire.encode(wire.GetMeta()))
+            self._send_peers()
+            return
+        self._announce()
+        self._send_peers()
+        if s.complete and self.has & s.full == s.full:
+            raise Closed("both complete")
+        self._fill_requests()
+
+    def _announce(self):
+        s = self.state
+        if self.sent_have is None:
+            self.sent_have = s.have
+            self.sock.sendall(wire.encode(wire.Bitfield(s.have.to_bytes((s.info.n_pieces + 7) // 8, "little"))))
+            return
+        new = s.have & ~self.sent_have
+        if not new:
+            return
+        frames = [wire.encode(wire.Have(f, c)) for f, c in picker.runs(new)]
+        if len(frames) > HAVE_RUNS_MAX:
+            frames = [wire.encode(wire.Bitfield(s.have.to_bytes((s.info.n_pieces + 7) // 8, "little")))]
+        self.sent_have = s.have
+        self.sock.sendall(b"".join(frames))
+
+    def _send_peers(self):
+        fresh = [a for a in self.state.verified_addrs()
+                 if a not in self.sent_peers and (self.entry is None or a != self.entry.addr)]
+        if fresh:
+            fresh = fresh[:wire.MAX_PEERS_PER_FRAME]
+            self.sent_peers.update(fresh)
+            self.sock.sendall(wire.encode(wire.Peers(tuple(fresh))))
+
+    def _fill_requests(self):
+        s = self.state
+        info = s.info
+        max_count = max(1, REQUEST_BYTES // info.piece_size)
+        swarm = None
+        out = []
+        while len(self.mine) < PIPELINE_REQUESTS:
+            if swarm is None:
+                swarm = [c.has for c in s.conns.values()]
+            got = picker.pick(s.missing, s.requested, self.has, swarm, self.rng, max_count,
+                              mine=self.mine_bits, have_any=s.have_count > 0)
+            if got is None:
+                break
+            first, count = got
+            span = _span(first, count)
+            nbytes = info.span(first, count)[1]
+            deadline = time.monotonic() + REQUEST_TIMEOUT_S + REQUEST_TIMEOUT_PER_MB_S * nbytes / 2**20
+            self.mine[first] = (count, deadline)
+            self.mine_bits |= span
+            s.mark_requested(span)
+            out.append(wire.encode(wire.Request(first, count)))
+        if out:
+            self.sock.sendall(b"".join(out))
+
+    # -- housekeeping (called about once a second) ---------------------------------------------
+    def check(self, now):
+        """Close the link if the peer stalls on our requests or nothing is left to exchange."""
+        if any(deadline < now for _, deadline in self.mine.values()):
+            log.warning("peer_stalled", peer=self.name, outstanding=len(self.mine), result="closing")
+            self.close("request timed out")
+            return
+        if self.useful():
+            self.last_useful = now
+        elif now - self.last_useful > USELESS_CLOSE_S:
+            self.close("nothing to exchange")
+
+    def useful(self):
+        s = self.state
+        if self.mine or self.serving:
+            return True
+        if s.info is None:
+            return self.peer_meta != wire.NO_META
+        we_want = s.missing & self.has
+        they_want = s.have & ~self.has
+        return bool(we_want or they_want)
+
+
+def _meta_msg(info):
+    return wire.Meta(info.size, info.piece_size, info.hashes)

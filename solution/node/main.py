@@ -1,0 +1,205 @@
+"""Wire the node together: state, storage, swarm, discovery; progress lines; ordered shutdown.
+
+Rule: this is the only module that starts top-level greenlets or handles signals. A signal handler
+only sets an Event; `run` does the shutdown (close -> join(timeout) -> kill) on the main greenlet.
+"""
+
+import os
+import signal
+import time
+
+import gevent
+import ujson
+from gevent.event import Event
+
+from . import __version__, log, status
+from .config import ConfigError, parse_torrent_conf
+from .peers import Swarm
+from .state import NodeState
+from .storage import Storage
+
+PROGRESS_INTERVAL_S = 1.0  # one progress line a second while fetching
+PERSIST_DELAY_S = 1.0  # learned peers are saved at most this often
+
+
+class Node:
+    def __init__(self, config):
+        self.config = config
+        self.state = NodeState(os.urandom(8))
+        self.storage = None
+        self.swarm = Swarm(self)
+        self.discovery = None
+        self.sources = set()  # peers that sent us at least one good piece
+        self.stopping = Event()
+        self._persist_wanted = Event()
+        self._loops = []
+
+    # -- start --------------------------------------------------------------------------------
+    def start(self):
+        cfg, s = self.config, self.state
+        saved_peers, saved_info = self._load_saved()
+        s.subscribe(self._on_change)
+        self.swarm.start()
+        log.info("listening", version=__version__, addr=f"{cfg.bind}:{cfg.port}", data=cfg.data_path,
+                 conf=cfg.conf_path, node_id=s.node_id.hex(), discovery="on" if cfg.discovery else "off")
+        for addr in cfg.peers:
+            s.add_peer(addr, "conf")
+        for addr in saved_peers:
+            s.add_peer(addr, "saved")
+        info = cfg.file_info or saved_info
+        if info is not None:
+            self._use_info(info, "conf" if cfg.file_info else "saved")
+        else:
+            log.info("file_info", result="unknown", action="asking_peers")
+        self._spawn(self._progress_loop)
+        self._spawn(self._persist_loop)
+        if cfg.discovery:
+            from .discovery import Discovery
+            self.discovery = Discovery(self)
+            self.discovery.start()
+        self.swarm.wake()
+
+    def _spawn(self, fn):
+        g = gevent.spawn(fn)
+        g.link_exception(self.crash)
+        self._loops.append(g)
+
+    def crash(self, greenlet):
+        log.error("internal_error", greenlet=str(greenlet), why=repr(greenlet.exception), result="stopping")
+        self.stopping.set()
+
+    def _use_info(self, info, source):
+        self.storage = Storage(self.config.data_path, info)
+        self.storage.open()
+        self.state.set_info(info)
+        log.info("file_info", source=source, size=info.size, piece_size=info.piece_size,
+                 pieces=info.n_pieces, result="known")
+        self._spawn(self._scan)
+
+    def _scan(self):
+        t0 = time.monotonic()
+        self.storage.scan(self.state.mark_checked)
+        self.state.finish_scan()
+        s = self.state
+        log.info("scan_done", have=s.have_count, pieces=s.info.n_pieces,
+                 secs=time.monotonic() - t0, result="complete" if s.complete else "partial")
+
+    # -- reacting to state changes ------------------------------------------------------------
+    def _on_change(self, what):
+        if what in ("have", "requestable", "meta"):
+            self.swarm.kick_all()
+        if what in ("peers", "meta"):
+            self._persist_wanted.set()
+            self.swarm.wake()
+        if what == "complete":
+            gevent.spawn(self._on_complete)
+
+    def _on_complete(self):
+        s = self.state
+        self.storage.sync()
+        log.info("complete", pieces=s.info.n_pieces, bytes=s.info.size,
+                 secs=s.completed_at - s.started, bytes_in=s.counters["bytes_in"],
+                 peers_used=len(self.sources), result="verified")
+
+    def learn_peer(self, addr, source):
+        self.state.add_peer(addr, source)
+
+    def learn_meta(self, info, source):
+        if self.state.info is None:
+            self._use_info(info, f"peer:{source}")
+
+    def register(self, conn):
+        return self.swarm.register(conn)
+
+    def unregister(self, conn):
+        self.swarm.unregister(conn)
+
+    def ban(self, conn):
+        self.swarm.ban(conn)
+
+    def status_json(self):
+        return ujson.dumps(status.snapshot(self)).encode()
+
+    # -- loops --------------------------------------------------------------------------------
+    def _progress_loop(self):
+        s = self.state
+        last_in, last_t = 0, time.monotonic()
+        while True:
+            gevent.sleep(PROGRESS_INTERVAL_S)
+            now = time.monotonic()
+            got = s.counters["bytes_in"]
+            rate = (got - last_in) / (now - last_t) / 1e6
+            last_in, last_t = got, now
+            if s.info is None:
+                log.info("progress", meta="unknown", peers=len(s.conns), known=len(s.peers))
+            elif not s.complete:
+                log.info("progress", have=f"{s.have_count}/{s.info.n_pieces}",
+                         pct=100.0 * s.have_count / max(1, s.info.n_pieces), rate_mbs=rate,
+                         peers=len(s.conns), known=len(s.peers))
+
+    def _persist_loop(self):
+        while True:
+            self._persist_wanted.wait()
+            self._persist_wanted.clear()
+            self._save()
+            gevent.sleep(PERSIST_DELAY_S)
+
+    def _save(self):
+        s = self.state
+        doc = {"Peers": [f"{ip}:{port}" for ip, port in s.verified_addrs()],
+               "FileInfo": s.info.to_json() if s.info else None}
+        tmp = self.config.state_path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(ujson.dumps(doc))
+            os.replace(tmp, self.config.state_path)  # our own side file, never the data file
+        except OSError as e:
+            log.warning("state_save", path=self.config.state_path, why=e.strerror, result="failed")
+
+    def _load_saved(self):
+        try:
+            with open(self.config.state_path, "rb") as f:
+                peers, info = parse_torrent_conf(f.read(), self.config.port, "saved state")
+        except FileNotFoundError:
+            return (), None
+        except (OSError, ConfigError) as e:
+            log.warning("state_load", path=self.config.state_path, why=str(e), result="ignored")
+            return (), None
+        if info and self.config.file_info and info.meta_id != self.config.file_info.meta_id:
+            info = None  # the conf changed since: it wins
+        log.info("state_load", peers=len(peers), file_info="yes" if info else "no", result="ok")
+        return peers, info
+
+    # -- stop ---------------------------------------------------------------------------------
+    def stop(self):
+        t0 = time.monotonic()
+        for g in self._loops:
+            g.kill(block=False)
+        if self.discovery is not None:
+            self.discovery.stop()
+        self.swarm.stop()
+        if self.storage is not None:
+            self.storage.close()
+        log.info("stopped", secs=time.monotonic() - t0, result="ok")
+
+
+def run(config):
+    """Run a node until SIGTERM/SIGINT; returns the process exit code."""
+    log.configure(config.log_level)
+    node = Node(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, _on_signal, node, sig)
+    try:
+        node.start()
+    except OSError as e:
+        log.error("start_failed", why=f"{e.strerror or e} ({getattr(e, 'filename', '') or 'socket'})",
+                  result="exit")
+        return 1
+    node.stopping.wait()
+    node.stop()
+    return 0
+
+
+def _on_signal(node, sig):
+    log.info("signal", name=signal.Signals(sig).name, action="shutdown")
+    node.stopping.set()

@@ -1,0 +1,174 @@
+"""Who we talk to: the listening server, the dialer, and the once-a-second housekeeping.
+
+Rule: connections are bounded by two pools (inbound and outbound), so a swarm of 60 nodes never
+builds a full mesh of sockets; a link with nothing left to exchange is closed (see conn.Conn.check),
+and the dialer then spends the freed slot on a peer that may still need us or have what we need.
+"""
+
+import socket
+import time
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from . import log
+from .conn import Conn
+from .state import USELESS_RETRY_S, PeerEntry
+
+MAX_OUTBOUND = 8  # links we open; 60 nodes x 8 stays far from a full mesh
+MAX_INBOUND = 24  # links we accept; leaves room for every dialler of a small swarm
+INBOUND_OVERFLOW = 8  # accepted past MAX_INBOUND only to be closed at once, not left in the backlog
+CONNECT_TIMEOUT_S = 2.0  # peers share a LAN: a connect that takes longer is to a dead address
+DIAL_INTERVAL_S = 0.5  # the dialer also wakes at once when slots free up or peers appear
+HOUSEKEEPING_S = 1.0  # how often stalled and useless links are looked for
+BAN_S = 60.0  # a peer that sent bad pieces repeatedly is ignored this long
+
+
+class Swarm:
+    def __init__(self, node):
+        self.node = node
+        self.state = node.state
+        self.in_pool = Pool(MAX_INBOUND + INBOUND_OVERFLOW)
+        self.out_pool = Pool(MAX_OUTBOUND)
+        self.server = None
+        self.banned = {}  # node_id -> until (monotonic)
+        self._wake = Event()
+        self._loops = []
+
+    def start(self):
+        cfg = self.node.config
+        self.server = StreamServer((cfg.bind, cfg.port), self._accept, spawn=self.in_pool, backlog=128)
+        self.server.start()
+        self._loops = [gevent.spawn(self._dial_loop), gevent.spawn(self._housekeeping)]
+        for g in self._loops:
+            g.link_exception(self.node.crash)
+
+    def stop(self):
+        """Stop accepting, close every link, and wait briefly for their greenlets."""
+        if self.server is not None:
+            self.server.close()
+            log.info("listener_closed", result="ok")
+        for g in self._loops:
+            g.kill(block=False)
+        conns = list(self.state.conns.values())
+        for c in conns:
+            c.close("shutdown")
+        for pool in (self.in_pool, self.out_pool):
+            pool.join(timeout=0.5)
+            pool.kill(block=True, timeout=0.5)
+        log.info("connections_closed", count=len(conns), result="ok")
+
+    def wake(self):
+        self._wake.set()
+
+    # -- inbound ------------------------------------------------------------------------------
+    def _accept(self, sock, addr):
+        inbound = sum(1 for c in self.state.conns.values() if not c.outbound)
+        if inbound >= MAX_INBOUND:
+            log.debug("inbound_refused", peer=addr[0], inbound=inbound, result="busy")
+            sock.close()
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        Conn(self.node, sock, addr[0], outbound=False).run()
+
+    # -- outbound -----------------------------------------------------------------------------
+    def _dial_loop(self):
+        while True:
+            self._wake.wait(DIAL_INTERVAL_S)
+            self._wake.clear()
+            for entry in self.state.dial_candidates(time.monotonic(), self.out_pool.free_count()):
+                entry.dialing = True
+                self.out_pool.spawn(self._dial, entry)
+
+    def _dial(self, entry):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if self.node.config.bind != "0.0.0.0":
+                sock.bind((self.node.config.bind, 0))
+            sock.settimeout(CONNECT_TIMEOUT_S)
+            sock.connect(entry.addr)
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as e:
+            sock.close()
+            entry.dialing = False
+            entry.failed(time.monotonic())
+            log.debug("dial_failed", peer=entry.addr[0], why=str(e), fails=entry.fails, result="retry_later")
+            return
+        entry.dialing = False
+        conn = Conn(self.node, sock, entry.addr[0], outbound=True, entry=entry)
+        conn.run()
+        if conn.peer_id is None and not entry.is_self:
+            entry.failed(time.monotonic())
+
+    # -- the connection table -----------------------------------------------------------------
+    def register(self, conn):
+        """A handshake finished: admit the link, or refuse it (self, duplicate, banned)."""
+        s = self.state
+        if conn.peer_id == s.node_id:
+            if conn.entry is not None:
+                conn.entry.is_self = True
+            log.debug("self_connection", addr=conn.ip, result="ignored")
+            return False
+        if self.banned.get(conn.peer_id, 0) > time.monotonic():
+            conn.reason = "banned"
+            return False
+        if conn.entry is None:
+            if conn.listen_port == 0:  # a client (e.g. `node status`), not a peer to dial back
+                conn.entry = PeerEntry((conn.ip, 0), "client")
+            else:
+                conn.entry = s.add_peer((conn.ip, conn.listen_port), "inbound")
+        other = s.conns.get(conn.peer_id)
+        if other is not None:
+            if self._dialer_id(conn) >= self._dialer_id(other):
+                log.debug("duplicate_connection", peer=conn.name, result="dropped_new")
+                conn.reason = "duplicate"
+                return False
+            other.close("duplicate")
+            self._forget(other)
+        s.conns[conn.peer_id] = conn
+        conn.entry.conn = conn
+        s.mark_verified(conn.entry)
+        log.info("peer_connected", peer=conn.name, direction="out" if conn.outbound else "in",
+                 conns=len(s.conns), result="ok")
+        return True
+
+    def _dialer_id(self, conn):
+        # Both ends of a doubled link agree to keep the one opened by the smaller node id.
+        return self.state.node_id if conn.outbound else conn.peer_id
+
+    def unregister(self, conn):
+        if self._forget(conn):
+            entry = conn.entry
+            info = self.state.info
+            entry.complete = bool(info) and conn.has & self.state.full == self.state.full
+            if conn.reason == "nothing to exchange":
+                entry.next_try = time.monotonic() + USELESS_RETRY_S
+            self.wake()
+
+    def _forget(self, conn):
+        s = self.state
+        if s.conns.get(conn.peer_id) is not conn:
+            return False
+        del s.conns[conn.peer_id]
+        if conn.entry is not None and conn.entry.conn is conn:
+            conn.entry.conn = None
+        return True
+
+    def ban(self, conn):
+        self.banned[conn.peer_id] = time.monotonic() + BAN_S
+        log.warning("peer_banned", peer=conn.name, secs=BAN_S, result="banned")
+
+    def kick_all(self):
+        for c in list(self.state.conns.values()):
+            c.kick()
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def _housekeeping(self):
+        while True:
+            gevent.sleep(HOUSEKEEPING_S)
+            now = time.monotonic()
+            for c in list(self.state.conns.values()):
+                c.check(now)

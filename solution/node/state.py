@@ -1,0 +1,155 @@
+"""What one node knows: the file's metadata, which pieces it holds, which are requested, its peers.
+
+Rule: other modules read these fields freely but change them only through the methods here, so
+there is one place that keeps the bitsets consistent and tells subscribers what changed.
+Piece sets are ints used as bitsets (bit i = piece i), as in `picker`.
+A process runs one NodeState per node (tests run several nodes in one process).
+"""
+
+import time
+
+from . import log
+
+BACKOFF_FIRST_S = 0.5  # a peer that is restarting is usually back within a second
+BACKOFF_MAX_S = 4.0  # restarts are frequent: never wait long to retry a known address
+USELESS_RETRY_S = 3.0  # after closing a link with nothing to exchange, wait before redialling
+
+
+class PeerEntry:
+    """One address we may dial. `conn` is the live connection to it, if any."""
+
+    __slots__ = ("addr", "source", "verified", "fails", "next_try", "complete", "is_self", "conn",
+                 "dialing")
+
+    def __init__(self, addr, source):
+        self.addr = addr
+        self.source = source  # conf | inbound | pex | discovery | saved
+        self.verified = False  # a handshake with it has succeeded at least once
+        self.fails = 0
+        self.next_try = 0.0
+        self.complete = False  # held every piece when we last talked
+        self.is_self = False
+        self.conn = None
+        self.dialing = False
+
+    def failed(self, now):
+        self.fails += 1
+        self.next_try = now + min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self.fails - 1))
+
+    def __repr__(self):
+        return f"PeerEntry({self.addr[0]}:{self.addr[1]} {self.source})"
+
+
+class NodeState:
+    def __init__(self, node_id, info=None):
+        self.node_id = node_id
+        self.info = None
+        self.full = self.have = self.missing = self.requested = 0
+        self.have_count = 0
+        self.scanned = False
+        self.peers = {}  # (ip, port) -> PeerEntry
+        self.conns = {}  # peer node_id -> connection
+        self.counters = dict(bytes_in=0, bytes_out=0, pieces_in=0, pieces_bad=0, dup_pieces=0)
+        self.started = time.monotonic()
+        self.completed_at = None
+        self._subscribers = []
+        if info is not None:
+            self.set_info(info)
+
+    # -- subscriptions: connections and the dialer react to changes ---------------------------
+    def subscribe(self, fn):
+        """fn(what) is called after each change: 'have', 'requestable', 'peers', 'meta', 'complete'."""
+        self._subscribers.append(fn)
+
+    def _notify(self, what):
+        for fn in list(self._subscribers):
+            fn(what)
+
+    # -- file and pieces ----------------------------------------------------------------------
+    def set_info(self, info):
+        self.info = info
+        self.full = (1 << info.n_pieces) - 1
+        self._notify("meta")
+
+    @property
+    def complete(self):
+        return self.info is not None and self.have == self.full
+
+    def mark_checked(self, first, count, good):
+        """Scan result for pieces first..first+count-1: `good` (bitset) verified, the rest missing."""
+        span = ((1 << count) - 1) << first
+        good &= span & ~self.have
+        self.have |= good
+        self.missing |= span & ~self.have
+        self.have_count = self.have.bit_count()
+        self._notify("requestable")
+        if good:
+            self._on_new_pieces()
+
+    def finish_scan(self):
+        self.scanned = True
+        self._notify("requestable")
+
+    def mark_have(self, good):
+        """Pieces (bitset) fetched and verified."""
+        good &= ~self.have
+        self.requested &= ~good
+        if not good:
+            return
+        self.have |= good
+        self.missing &= ~good
+        self.have_count = self.have.bit_count()
+        self._on_new_pieces()
+
+    def _on_new_pieces(self):
+        if self.complete and self.completed_at is None:
+            self.completed_at = time.monotonic()
+            self._notify("have")
+            self._notify("complete")
+        else:
+            self._notify("have")
+
+    def mark_requested(self, bits):
+        self.requested |= bits
+
+    def release(self, bits):
+        """Requests that ended without the piece (peer gone, rejected, bad data): fetchable again."""
+        if bits & self.requested:
+            self.requested &= ~bits
+            self._notify("requestable")
+
+    def has_all(self, first, count):
+        span = ((1 << count) - 1) << first
+        return self.have & span == span
+
+    # -- peers --------------------------------------------------------------------------------
+    def add_peer(self, addr, source):
+        """Remember an address; returns its entry. Tells subscribers when it is new."""
+        entry = self.peers.get(addr)
+        if entry is None:
+            entry = self.peers[addr] = PeerEntry(addr, source)
+            log.debug("peer_learned", peer=f"{addr[0]}:{addr[1]}", source=source)
+            self._notify("peers")
+        return entry
+
+    def dial_candidates(self, now, limit):
+        """Entries worth dialling now, fewest failures first."""
+        if limit <= 0:
+            return []
+        out = [e for e in self.peers.values()
+               if e.conn is None and not e.dialing and not e.is_self and e.next_try <= now
+               and not (e.complete and self.complete)]
+        out.sort(key=lambda e: (e.fails, e.next_try))
+        return out[:limit]
+
+    def mark_verified(self, entry):
+        entry.fails = 0
+        if not entry.verified:
+            entry.verified = True
+            self._notify("peers")
+
+    def verified_addrs(self):
+        return [e.addr for e in self.peers.values() if e.verified and not e.is_self]
+
+    def count(self, key, n=1):
+        self.counters[key] += n

@@ -1,0 +1,123 @@
+"""The data file: open or create it, size it, verify what it holds, write verified pieces in place.
+
+Rule: the file is only ever changed with ftruncate and pwrite on its own descriptor (it may be a bind
+mount: never replace it by rename), and only pieces whose SHA-1 matched are written.
+Hashing and disk writes run in gevent's thread pool (hashlib and os.pwrite release the GIL), so the
+event loop keeps moving bytes on the other core meanwhile.
+"""
+
+import hashlib
+import os
+
+import gevent
+from gevent.socket import wait_write
+
+from . import log
+from .picker import runs
+
+SCAN_BATCH_BYTES = 8 << 20  # verify the existing file in 8 MiB steps, publishing pieces as they pass
+FSYNC_INTERVAL_S = 1.0  # flush written pieces at most once a second: fsync never dominates transfer
+SEND_STALL_S = 10.0  # a peer that reads nothing for this long is gone
+
+
+def good_pieces(info, first, data, skip=0):
+    """Bitset of pieces in `data` (pieces first.. concatenated) whose SHA-1 matches."""
+    good, off = 0, 0
+    for i in range(first, first + _count(info, first, len(data))):
+        n = info.piece_len(i)
+        if not (skip >> i) & 1 and hashlib.sha1(data[off:off + n]).digest() == info.hashes[i]:
+            good |= 1 << i
+        off += n
+    return good
+
+
+def _count(info, first, nbytes):
+    last_end = first * info.piece_size + nbytes
+    return -(-last_end // info.piece_size) - first
+
+
+class Storage:
+    def __init__(self, path, info):
+        self.path = path
+        self.info = info
+        self.fd = None
+        self._dirty = False
+        self._syncer = None
+
+    def open(self):
+        """Open (creating if missing) and size the file to exactly info.size bytes."""
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        before = os.fstat(self.fd).st_size
+        if before != self.info.size:
+            os.ftruncate(self.fd, self.info.size)
+        log.info("storage_open", path=self.path, size=self.info.size, size_before=before,
+                 result="resized" if before != self.info.size else "ok")
+        self._syncer = gevent.spawn(self._sync_loop)
+
+    def _run(self, fn, *args):
+        return gevent.get_hub().threadpool.apply(fn, args)
+
+    def scan(self, on_batch):
+        """Verify every piece already on disk, in batches; on_batch(first, count, good_bits)."""
+        info = self.info
+        per_batch = max(1, SCAN_BATCH_BYTES // info.piece_size)
+        for first in range(0, info.n_pieces, per_batch):
+            count = min(per_batch, info.n_pieces - first)
+            good = self._run(self._check_batch, first, count)
+            on_batch(first, count, good)
+
+    def _check_batch(self, first, count):
+        offset, length = self.info.span(first, count)
+        data = os.pread(self.fd, length, offset)
+        return good_pieces(self.info, first, memoryview(data))
+
+    def write(self, first, data, skip=0):
+        """Verify pieces first.. in `data` and pwrite the good ones; returns the good bitset.
+        Pieces in `skip` (already held) are neither hashed nor written."""
+        return self._run(self._verify_and_write, first, data, skip)
+
+    def _verify_and_write(self, first, data, skip):
+        good = good_pieces(self.info, first, data, skip)
+        if good:
+            base = self.info.piece_offset(first)
+            for run_first, run_count in runs(good):
+                start, n = self.info.span(run_first, run_count)
+                os.pwrite(self.fd, data[start - base:start - base + n], start)
+            self._dirty = True
+        return good
+
+    def sendfile(self, sock, first, count):
+        """Send the bytes of pieces first.. straight from the page cache (zero-copy)."""
+        offset, n = self.info.span(first, count)
+        out = sock.fileno()
+        while n:
+            try:
+                sent = os.sendfile(out, self.fd, offset, n)
+            except BlockingIOError:
+                wait_write(out, timeout=SEND_STALL_S, timeout_exc=TimeoutError("peer stopped reading"))
+                continue
+            if sent == 0:
+                raise EOFError("data file shorter than expected")
+            offset += sent
+            n -= sent
+
+    def _sync_loop(self):
+        while True:
+            gevent.sleep(FSYNC_INTERVAL_S)
+            self.sync()
+
+    def sync(self):
+        if self._dirty and self.fd is not None:
+            self._dirty = False
+            self._run(os.fsync, self.fd)
+
+    def close(self):
+        if self._syncer is not None:
+            self._syncer.kill()
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            if self._dirty:
+                os.fsync(fd)
+            os.close(fd)
+            log.info("storage_closed", path=self.path, result="ok")
+

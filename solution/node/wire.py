@@ -1,0 +1,248 @@
+"""The peer protocol, sans-IO: messages are frozen dataclasses, `encode(msg) -> bytes`,
+`Decoder.feed(bytes) -> [msg]`. Nothing here touches a socket; `peers.py` moves the bytes.
+
+Rule: every byte layout lives here, and a peer's mistake raises `WireError` (the caller closes that
+one connection); a bug of ours raises anything else and fails loudly.
+
+Frame (all integers big-endian):
+
+    +---------------+-----------+-------------------------+
+    | length u32    | kind u8   | payload (length-1 bytes)|
+    +---------------+-----------+-------------------------+
+
+`length` counts the kind byte and the payload. Each kind has a maximum payload (MAX_PAYLOAD); a frame
+over it is rejected from its 5-byte header alone, before any payload is buffered.
+
+| kind | name       | payload                                                        | max bytes |
+|------|------------|----------------------------------------------------------------|-----------|
+| 0    | HELLO      | magic "P2PS" | version u8 | node_id 8B | port u16 | meta_id 20B | 35        |
+| 1    | BITFIELD   | bit i (byte i//8, bit i%8, LSB first) set = piece i held       | 512 KiB   |
+| 2    | HAVE       | first u32 | count u32: pieces first..first+count-1 now held     | 8         |
+| 3    | REQUEST    | first u32 | count u32: send me these consecutive pieces        | 8         |
+| 4    | PIECES     | first u32 | count u32 | the pieces' bytes, concatenated        | 64 MiB+8  |
+| 5    | REJECT     | first u32 | count u32: I will not send these (not held)        | 8         |
+| 6    | GET_META   | (empty): send me the file's metadata                           | 0         |
+| 7    | META       | size u64 | piece_size u32 | SHA-1 of each piece, 20B each      | 80 MiB+12 |
+| 8    | PEERS      | repeated: IPv4 4B | port u16 (addresses the sender knows)      | 6 KiB     |
+| 9    | STATUS_REQ | (empty): send me your status                                   | 0         |
+| 10   | STATUS     | UTF-8 JSON object                                              | 64 KiB    |
+
+meta_id is SHA-1(b"%d:%d:" % (size, piece_size) + all piece hashes), or 20 zero bytes when the sender
+does not know the file yet. Both sides send HELLO first; see docs/PROTOCOL.md for the conversation.
+"""
+
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"P2PS"
+VERSION = 1
+NO_META = bytes(20)
+
+HELLO, BITFIELD, HAVE, REQUEST, PIECES, REJECT, GET_META, META, PEERS, STATUS_REQ, STATUS = range(11)
+NAMES = ("hello", "bitfield", "have", "request", "pieces", "reject", "get_meta", "meta", "peers",
+         "status_req", "status")
+
+HEADER = struct.Struct(">IB")
+RANGE = struct.Struct(">II")
+_HELLO = struct.Struct(">4sB8sH20s")
+_META = struct.Struct(">QI")
+_ADDR = struct.Struct(">4sH")
+
+MAX_PEERS_PER_FRAME = 1024  # PEX is a hint; more than this many addresses at once is noise
+MAX_PAYLOAD = {
+    HELLO: _HELLO.size,
+    BITFIELD: (1 << 22) // 8,
+    HAVE: RANGE.size,
+    REQUEST: RANGE.size,
+    PIECES: RANGE.size + (64 << 20),
+    REJECT: RANGE.size,
+    GET_META: 0,
+    META: _META.size + 20 * (1 << 22),
+    PEERS: _ADDR.size * MAX_PEERS_PER_FRAME,
+    STATUS_REQ: 0,
+    STATUS: 64 << 10,
+}
+
+
+class WireError(Exception):
+    """The peer broke the protocol: close that connection."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    node_id: bytes
+    port: int
+    meta_id: bytes = NO_META
+    version: int = VERSION
+
+
+@dataclass(frozen=True)
+class Bitfield:
+    bits: bytes
+
+
+@dataclass(frozen=True)
+class Have:
+    first: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Request:
+    first: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Pieces:
+    first: int
+    count: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Reject:
+    first: int
+    count: int
+
+
+@dataclass(frozen=True)
+class GetMeta:
+    pass
+
+
+@dataclass(frozen=True)
+class Meta:
+    size: int
+    piece_size: int
+    hashes: tuple  # 20-byte SHA-1 digests
+
+
+@dataclass(frozen=True)
+class Peers:
+    addrs: tuple  # ("10.0.0.2", 6881) pairs
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class Status:
+    body: bytes  # UTF-8 JSON
+
+
+def frame(kind, payload=b""):
+    return HEADER.pack(len(payload) + 1, kind) + payload
+
+
+def pieces_header(first, count, nbytes):
+    """Header of a PIECES frame whose nbytes of piece data the caller sends itself (sendfile)."""
+    return HEADER.pack(1 + RANGE.size + nbytes, PIECES) + RANGE.pack(first, count)
+
+
+def _pack_ip(ip):
+    parts = ip.split(".")
+    return bytes(int(p) for p in parts)
+
+
+def encode(msg):
+    t = type(msg)
+    if t is Hello:
+        return frame(HELLO, _HELLO.pack(MAGIC, msg.version, msg.node_id, msg.port, msg.meta_id))
+    if t is Bitfield:
+        return frame(BITFIELD, bytes(msg.bits))
+    if t in _RANGE_KINDS:
+        return frame(_RANGE_KINDS[t], RANGE.pack(msg.first, msg.count))
+    if t is Pieces:
+        return pieces_header(msg.first, msg.count, len(msg.data)) + bytes(msg.data)
+    if t is GetMeta:
+        return frame(GET_META)
+    if t is Meta:
+        return frame(META, _META.pack(msg.size, msg.piece_size) + b"".join(msg.hashes))
+    if t is Peers:
+        return frame(PEERS, b"".join(_ADDR.pack(_pack_ip(ip), port) for ip, port in msg.addrs))
+    if t is StatusRequest:
+        return frame(STATUS_REQ)
+    if t is Status:
+        return frame(STATUS, msg.body)
+    raise TypeError(f"not a message: {msg!r}")
+
+
+_RANGE_KINDS = {Have: HAVE, Request: REQUEST, Reject: REJECT}
+_RANGE_TYPES = {HAVE: Have, REQUEST: Request, REJECT: Reject}
+
+
+def decode_header(header):
+    """5 header bytes -> (kind, payload length). Checks the kind and its size limit."""
+    length, kind = HEADER.unpack(header)
+    if length == 0:
+        raise WireError("frame length 0 (no kind byte)")
+    if kind not in MAX_PAYLOAD:
+        raise WireError(f"unknown message kind {kind}")
+    if length - 1 > MAX_PAYLOAD[kind]:
+        raise WireError(f"{NAMES[kind]} frame of {length - 1} bytes exceeds {MAX_PAYLOAD[kind]}")
+    return kind, length - 1
+
+
+def _exact(kind, payload, n):
+    if len(payload) != n:
+        raise WireError(f"{NAMES[kind]} payload is {len(payload)} bytes, expected {n}")
+
+
+def decode_payload(kind, payload):
+    """Payload of a frame whose header `decode_header` accepted -> message."""
+    if kind == HELLO:
+        _exact(kind, payload, _HELLO.size)
+        magic, version, node_id, port, meta_id = _HELLO.unpack(payload)
+        if magic != MAGIC:
+            raise WireError(f"bad magic {bytes(magic)!r}")
+        return Hello(bytes(node_id), port, bytes(meta_id), version)
+    if kind == BITFIELD:
+        return Bitfield(bytes(payload))
+    if kind in _RANGE_TYPES:
+        _exact(kind, payload, RANGE.size)
+        return _RANGE_TYPES[kind](*RANGE.unpack(payload))
+    if kind == PIECES:
+        if len(payload) < RANGE.size:
+            raise WireError("pieces payload shorter than its range header")
+        first, count = RANGE.unpack_from(payload)
+        return Pieces(first, count, bytes(payload[RANGE.size:]))
+    if kind == META:
+        if len(payload) < _META.size or (len(payload) - _META.size) % 20:
+            raise WireError(f"meta payload of {len(payload)} bytes is not 12 + 20*n")
+        size, piece_size = _META.unpack_from(payload)
+        body = bytes(payload[_META.size:])
+        return Meta(size, piece_size, tuple(body[i:i + 20] for i in range(0, len(body), 20)))
+    if kind == PEERS:
+        if len(payload) % _ADDR.size:
+            raise WireError(f"peers payload of {len(payload)} bytes is not 6*n")
+        return Peers(tuple((".".join(map(str, ip)), port) for ip, port in _ADDR.iter_unpack(payload)))
+    if kind == STATUS:
+        return Status(bytes(payload))
+    _exact(kind, payload, 0)
+    return GetMeta() if kind == GET_META else StatusRequest()
+
+
+class Decoder:
+    """Bytes in, messages out. Holds at most one partial frame, bounded by MAX_PAYLOAD."""
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def feed(self, data):
+        self._buf += data
+        out = []
+        while len(self._buf) >= HEADER.size:
+            kind, n = decode_header(self._buf[:HEADER.size])
+            end = HEADER.size + n
+            if len(self._buf) < end:
+                break
+            out.append(decode_payload(kind, bytes(self._buf[HEADER.size:end])))
+            del self._buf[:end]
+        return out
+
+    @property
+    def pending(self):
+        return len(self._buf)
