@@ -142,6 +142,13 @@ class NodeState:
         out.sort(key=lambda e: (e.fails, e.next_try))
         return out[:limit]
 
+    def retry_now(self, entry):
+        """The address was just heard from (e.g. it restarted): forget its backoff."""
+        entry.fails = 0
+        entry.next_try = 0.0
+        entry.complete = False
+        self._notify("peers")
+
     def mark_verified(self, entry):
         entry.fails = 0
         if not entry.verified:

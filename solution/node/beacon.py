@@ -1,0 +1,53 @@
+"""Discovery datagrams, sans-IO: `encode(kind, instance, port) -> bytes`, `decode(bytes) -> Beacon`.
+
+Rule: no sockets here; `discovery.py` moves the datagrams. A datagram that is short, foreign or of an
+unknown version raises `BeaconError`, and the caller skips it at debug level.
+
+Layout (16 bytes, big-endian):
+
+    | magic "P2PB" 4B | version u8 | kind u8 | instance id 8B | TCP port u16 |
+
+kind 1 ANNOUNCE: "I am here" (broadcast every second, and the answer to a probe).
+kind 2 PROBE: "is anyone here?" (unicast to each address of the /24); the receiver learns the
+sender from it and answers with an ANNOUNCE, so both sides learn each other from one exchange.
+The instance id is random per process: a restarted peer shows a new one and is redialled at once.
+"""
+
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"P2PB"
+VERSION = 1
+ANNOUNCE, PROBE = 1, 2
+_LAYOUT = struct.Struct(">4sBB8sH")
+SIZE = _LAYOUT.size
+
+
+class BeaconError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Beacon:
+    kind: int
+    instance: bytes
+    port: int
+
+
+def encode(kind, instance, port):
+    return _LAYOUT.pack(MAGIC, VERSION, kind, instance, port)
+
+
+def decode(data):
+    if len(data) != SIZE:
+        raise BeaconError(f"datagram of {len(data)} bytes, expected {SIZE}")
+    magic, version, kind, instance, port = _LAYOUT.unpack(data)
+    if magic != MAGIC:
+        raise BeaconError("foreign magic")
+    if version != VERSION:
+        raise BeaconError(f"version {version}")
+    if kind not in (ANNOUNCE, PROBE):
+        raise BeaconError(f"unknown kind {kind}")
+    if port == 0:
+        raise BeaconError("port 0")
+    return Beacon(kind, instance, port)
