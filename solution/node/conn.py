@@ -59,6 +59,7 @@ class Conn:
         self.last_useful = time.monotonic()
         self.reason = None
         self.registered = False
+        self.productive = False  # a piece moved either way: the peer works, forget its failures
         self.rng = random.Random()
         self._queue = Queue()
         self._kicked = False
@@ -101,7 +102,9 @@ class Conn:
 
     def _cleanup(self):
         if self._writer is not None:
-            self._writer.kill(block=False)
+            # Wait for the writer to die: one already woken could otherwise request more pieces
+            # after the release below, and those would stay "requested" forever.
+            self._writer.kill(block=True, timeout=1.0)
         self.sock.close()
         if self.mine_bits:
             self.state.release(self.mine_bits & ~self.state.have)
@@ -234,6 +237,7 @@ class Conn:
                 raise Closed(f"{self.strikes} pieces failed their hash")
         if new:
             self.last_useful = time.monotonic()
+            self.productive = True
             self.node.sources.add(self.name)
 
     def _on_reject(self, first, count):
@@ -293,9 +297,12 @@ class Conn:
         self.node.storage.sendfile(self.sock, first, count)
         self.state.count("bytes_out", nbytes)
         self.last_useful = time.monotonic()
+        self.productive = True
 
     def _on_kick(self):
         s = self.state
+        if self.reason is not None:
+            return  # closing: request nothing more
         if s.info is None:
             if self.peer_meta != wire.NO_META and not self.meta_asked:
                 self.meta_asked = True
@@ -353,6 +360,7 @@ class Conn:
             s.mark_requested(span)
             out.append(wire.encode(wire.Request(first, count)))
         if out:
+            s.count("requests_sent", len(out))
             self.sock.sendall(b"".join(out))
 
     # -- housekeeping (called about once a second) ---------------------------------------------

@@ -7,11 +7,11 @@ address (host tests), that is 127.0.0.0/24. The codec lives in `beacon`; this mo
 
 import fcntl
 import ipaddress
-import socket
 import struct
 import time
 
 import gevent
+from gevent import socket
 
 from . import beacon, log
 

@@ -88,6 +88,8 @@ class Node:
     def _on_change(self, what):
         if what in ("have", "requestable", "meta"):
             self.swarm.kick_all()
+        if what == "meta":
+            self._save()  # at once: a restart without it would send this node back to zero
         if what in ("peers", "meta"):
             self._persist_wanted.set()
             self.swarm.wake()
@@ -178,6 +180,7 @@ class Node:
         if self.discovery is not None:
             self.discovery.stop()
         self.swarm.stop()
+        self._save()
         if self.storage is not None:
             self.storage.close()
         log.info("stopped", secs=time.monotonic() - t0, result="ok")

@@ -5,10 +5,10 @@ builds a full mesh of sockets; a link with nothing left to exchange is closed (s
 and the dialer then spends the freed slot on a peer that may still need us or have what we need.
 """
 
-import socket
 import time
 
 import gevent
+from gevent import socket
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
@@ -24,6 +24,7 @@ CONNECT_TIMEOUT_S = 2.0  # peers share a LAN: a connect that takes longer is to 
 DIAL_INTERVAL_S = 0.5  # the dialer also wakes at once when slots free up or peers appear
 HOUSEKEEPING_S = 1.0  # how often stalled and useless links are looked for
 BAN_S = 60.0  # a peer that sent bad pieces repeatedly is ignored this long
+BENIGN_ENDS = ("nothing to exchange", "both complete")  # links we closed on purpose, not failures
 
 
 class Swarm:
@@ -112,7 +113,8 @@ class Swarm:
                 conn.entry.is_self = True
             log.debug("self_connection", addr=conn.ip, result="ignored")
             return False
-        if self.banned.get(conn.peer_id, 0) > time.monotonic():
+        now = time.monotonic()
+        if max(self.banned.get(conn.peer_id, 0), self.banned.get(conn.ip, 0)) > now:
             conn.reason = "banned"
             return False
         if conn.entry is None:
@@ -140,13 +142,18 @@ class Swarm:
         return self.state.node_id if conn.outbound else conn.peer_id
 
     def unregister(self, conn):
-        if self._forget(conn):
-            entry = conn.entry
-            info = self.state.info
-            entry.complete = bool(info) and conn.has & self.state.full == self.state.full
-            if conn.reason == "nothing to exchange":
-                entry.next_try = time.monotonic() + USELESS_RETRY_S
-            self.wake()
+        if not self._forget(conn):
+            return
+        entry, now = conn.entry, time.monotonic()
+        entry.complete = bool(self.state.info) and conn.has & self.state.full == self.state.full
+        if conn.reason in BENIGN_ENDS:
+            entry.fails = 0
+            entry.next_try = max(entry.next_try, now + USELESS_RETRY_S)
+        elif conn.reason != "shutdown":
+            if conn.productive:
+                entry.fails = 0
+            entry.failed(now)  # errors back off, even after a good handshake: never a tight loop
+        self.wake()
 
     def _forget(self, conn):
         s = self.state
@@ -158,7 +165,10 @@ class Swarm:
         return True
 
     def ban(self, conn):
-        self.banned[conn.peer_id] = time.monotonic() + BAN_S
+        until = time.monotonic() + BAN_S
+        self.banned[conn.peer_id] = self.banned[conn.ip] = until  # by address too: ids are cheap
+        if conn.entry is not None:
+            conn.entry.next_try = until
         log.warning("peer_banned", peer=conn.name, secs=BAN_S, result="banned")
 
     def kick_all(self):

@@ -49,7 +49,8 @@ class NodeState:
         self.scanned = False
         self.peers = {}  # (ip, port) -> PeerEntry
         self.conns = {}  # peer node_id -> connection
-        self.counters = dict(bytes_in=0, bytes_out=0, pieces_in=0, pieces_bad=0, dup_pieces=0)
+        self.counters = dict(bytes_in=0, bytes_out=0, pieces_in=0, pieces_bad=0, dup_pieces=0,
+                             requests_sent=0)
         self.started = time.monotonic()
         self.completed_at = None
         self._subscribers = []
@@ -150,7 +151,6 @@ class NodeState:
         self._notify("peers")
 
     def mark_verified(self, entry):
-        entry.fails = 0
         if not entry.verified:
             entry.verified = True
             self._notify("peers")

@@ -6,9 +6,10 @@ STATUS_REQ), so status works on the node's one port with no extra listener.
 
 import json
 import os
-import socket
 import sys
 import time
+
+from gevent import socket
 
 from . import wire
 from .config import DEFAULT_PORT, parse_address

@@ -1,0 +1,206 @@
+"""Whole nodes talking over 127.0.0.x in this process: the behaviours a user sees.
+
+Each test builds a small swarm with LocalSwarm, waits (bounded) for completion and checks the
+files byte for byte. Discovery stays off except in the discovery test (loopback /24 only).
+"""
+
+import os
+import random
+import subprocess
+import sys
+import time
+
+import gevent
+import pytest
+from gevent.server import StreamServer
+
+from node import status, wire
+from node.config import parse_file_info
+
+from swarmkit import LocalSwarm
+
+SOLUTION = os.path.join(os.path.dirname(__file__), "..", "..", "solution")
+
+
+@pytest.fixture
+def swarm(tmp_path):
+    s = LocalSwarm(tmp_path)
+    yield s
+    s.stop_all()
+
+
+def peers(swarm, *idx):
+    return [swarm.ip(i) for i in idx]
+
+
+def test_one_seeder_fills_missing_empty_and_garbage_files(swarm, torrent_factory):
+    t = torrent_factory(300_000, 4096, seed=1)
+    everyone = peers(swarm, 0, 1, 2, 3)
+    swarm.start(0, t.conf(everyone), data=t.data)
+    swarm.start(1, t.conf(everyone))  # no file at all
+    swarm.start(2, t.conf(everyone), data=b"")
+    swarm.start(3, t.conf(everyone), data=random.randbytes(t.size + 999))  # garbage, too long
+    assert swarm.wait_complete()
+    for i in range(4):
+        assert swarm.file_bytes(i) == t.data
+
+
+def test_partly_correct_file_keeps_its_good_pieces(swarm, torrent_factory):
+    t = torrent_factory(64 * 1024, 1024, seed=2)
+    damaged = bytearray(t.data)
+    bad = [3, 17, 40, 63]
+    for i in bad:
+        damaged[i * 1024] ^= 0xFF
+    swarm.start(0, t.conf(peers(swarm, 1)), data=t.data)
+    node = swarm.start(1, t.conf(peers(swarm, 0)), data=bytes(damaged[:-100]))  # also short
+    assert swarm.wait_complete()
+    assert swarm.file_bytes(1) == t.data
+    assert node.state.counters["pieces_in"] == len(bad)
+
+
+def test_tiny_pieces_are_fetched_in_ranges_not_one_by_one(swarm, torrent_factory):
+    t = torrent_factory(256 * 1024 + 77, 128, seed=3)
+    swarm.start(0, t.conf(peers(swarm, 1)), data=t.data)
+    node = swarm.start(1, t.conf(peers(swarm, 0)))
+    assert swarm.wait_complete()
+    assert swarm.file_bytes(1) == t.data
+    assert node.state.counters["requests_sent"] * 100 < t.size // 128
+
+
+def test_many_sources_no_node_has_everything(swarm, torrent_factory):
+    t = torrent_factory(1 << 20, 16 * 1024, seed=4)
+    n, rng = 5, random.Random(4)
+    owners = {p: rng.sample(range(n), rng.randint(1, 2)) for p in range(len(t.parts))}
+    everyone = peers(swarm, *range(n))
+    for i in range(n):
+        blob = bytearray(random.randbytes(t.size))
+        for p, who in owners.items():
+            if i in who:
+                blob[p * t.piece_size:(p + 1) * t.piece_size] = t.piece(p)
+        swarm.start(i, t.conf(everyone), data=bytes(blob))
+    assert swarm.wait_complete()
+    for i in range(n):
+        assert swarm.file_bytes(i) == t.data
+
+
+def test_node_with_empty_peer_list_is_found_by_others(swarm, torrent_factory):
+    t = torrent_factory(100_000, 1000, seed=5)
+    swarm.start(0, t.conf(peers(swarm, 1)), data=t.data)
+    swarm.start(1, t.conf([]))  # knows nobody: must be dialled
+    assert swarm.wait_complete()
+    assert swarm.file_bytes(1) == t.data
+
+
+def test_metadata_is_learned_from_a_peer_and_saved(swarm, torrent_factory):
+    t = torrent_factory(200_000, 8192, seed=6)
+    swarm.start(0, t.conf(peers(swarm, 1)), data=t.data)
+    swarm.start(1, t.conf(peers(swarm, 0), file_info=False))
+    assert swarm.wait_complete()
+    assert swarm.file_bytes(1) == t.data
+    swarm.stop(1)
+    swarm.stop(0)
+    # Restarted with no FileInfo and nobody to ask, it still knows the file from its saved state.
+    node = swarm.start(1, t.conf([], file_info=False))
+    assert swarm.wait(lambda: node.state.complete, 5)
+    assert node.state.counters["bytes_in"] == 0
+
+
+def test_peer_exchange_spreads_addresses(swarm, torrent_factory):
+    t = torrent_factory(50_000, 1000, seed=7)
+    swarm.start(0, t.conf([]), data=t.data)
+    swarm.start(1, t.conf(peers(swarm, 0)))
+    node2 = swarm.start(2, t.conf(peers(swarm, 1)))  # a chain: 2 knows 1, 1 knows 0
+    assert swarm.wait_complete()
+    assert swarm.wait(lambda: (swarm.ip(0), swarm.port) in node2.state.peers, 5)
+
+
+def test_restart_keeps_verified_pieces(swarm, torrent_factory):
+    t = torrent_factory(2 << 20, 32 * 1024, seed=8)
+    half = t.size // 2
+    swarm.start(0, t.conf(peers(swarm, 1)), data=t.data)
+    swarm.start(1, t.conf(peers(swarm, 0)), data=t.data[:half])  # as if killed half way
+    assert swarm.wait_complete()
+    assert swarm.nodes[1].state.counters["bytes_in"] == t.size - half
+    swarm.stop(1)
+    node = swarm.start(1, t.conf(peers(swarm, 0)))
+    assert swarm.wait(lambda: node.state.complete, 5)
+    assert node.state.counters["bytes_in"] == 0  # nothing fetched twice
+
+
+def test_self_discovery_on_loopback(swarm, torrent_factory):
+    t = torrent_factory(100_000, 4096, seed=9)
+    swarm.start(0, t.conf([]), data=t.data, discovery=True)
+    swarm.start(1, t.conf([], file_info=False), discovery=True)
+    swarm.start(2, t.conf([], file_info=False), discovery=True)
+    assert swarm.wait_complete(timeout=10)
+    for i in range(3):
+        assert swarm.file_bytes(i) == t.data
+
+
+def test_status_request_reports_progress(swarm, torrent_factory):
+    t = torrent_factory(10_000, 1000, seed=10)
+    swarm.start(0, t.conf([]), data=t.data)
+    assert swarm.wait_complete()
+    st = gevent.get_hub().threadpool.apply(status.fetch, (swarm.ip(0), swarm.port))
+    assert st["complete"] is True and st["have"] == st["pieces"] == 10
+
+
+class LyingPeer:
+    """Claims every piece, answers every request with garbage of the right length."""
+
+    def __init__(self, ip, port, info):
+        self.info, self.requests = info, 0
+        self.server = StreamServer((ip, port), self._handle)
+        self.server.start()
+
+    def _handle(self, sock, _):
+        sock.sendall(wire.encode(wire.Hello(os.urandom(8), self.server.server_port, self.info.meta_id)))
+        n = self.info.n_pieces
+        sock.sendall(wire.encode(wire.Bitfield(((1 << n) - 1).to_bytes((n + 7) // 8, "little"))))
+        dec = wire.Decoder()
+        try:
+            while data := sock.recv(65536):
+                for msg in dec.feed(data):
+                    if isinstance(msg, wire.Request):
+                        self.requests += 1
+                        nbytes = self.info.span(msg.first, msg.count)[1]
+                        sock.sendall(wire.encode(wire.Pieces(msg.first, msg.count, os.urandom(nbytes))))
+        except OSError:
+            pass  # the node hung up on us: that is the point
+
+
+def test_wrong_piece_data_is_discarded_and_refetched_elsewhere(swarm, torrent_factory):
+    t = torrent_factory(64 * 1024, 1024, seed=11)
+    liar = LyingPeer(swarm.ip(9), swarm.port, parse_file_info(t.conf()["FileInfo"]))
+    try:
+        node = swarm.start(1, t.conf(peers(swarm, 9)))
+        assert swarm.wait(lambda: node.state.counters["pieces_bad"] > 0, 5)
+        swarm.start(0, t.conf(peers(swarm, 1)), data=t.data)
+        assert swarm.wait_complete()
+        assert swarm.file_bytes(1) == t.data
+        assert not any(c.ip == swarm.ip(9) for c in node.state.conns.values())
+    finally:
+        liar.server.stop()
+
+
+def test_sigterm_stops_the_process_promptly(tmp_path, torrent_factory):
+    t = torrent_factory(1000, 100)
+    conf = tmp_path / "c.json"
+    conf.write_text(__import__("json").dumps(t.conf([])))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node", "--data", str(tmp_path / "d.bin"), "--conf", str(conf),
+         "--bind", "127.0.0.99", "--port", str(LocalSwarm(tmp_path).port), "--discovery", "off"],
+        cwd=SOLUTION, stdout=subprocess.PIPE, text=True)
+    try:
+        assert "event=listening" in proc.stdout.readline()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - t0 < 1.0
+        out = proc.stdout.read()
+        for event in ("event=signal", "event=listener_closed", "event=storage_closed", "event=stopped"):
+            assert event in out
+    finally:
+        proc.kill()
+        proc.wait()
