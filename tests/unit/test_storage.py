@@ -1,0 +1,295 @@
+"""storage: the data file under tmp_path. A missing file is created, an oversize one truncated, an
+undersize one extended, all to exactly Size bytes and in place (same inode); scan reports exactly the
+pieces whose SHA-1 matches; write() stores only verified pieces and leaves `skip` pieces alone.
+Storage uses gevent's thread pool, which works when called from the test's main greenlet."""
+
+import hashlib
+import os
+import random
+import socket
+
+import pytest
+
+from node import storage
+from node.config import FileInfo
+from node.storage import Storage, good_pieces
+
+SIZE, PIECE = 1000, 128  # 8 pieces, the last one 104 bytes
+
+
+def make_info(size=SIZE, piece_size=PIECE, seed=0):
+    data = random.Random(seed).randbytes(size)
+    hashes = tuple(hashlib.sha1(data[i:i + piece_size]).digest() for i in range(0, size, piece_size))
+    return data, FileInfo(size, piece_size, hashes)
+
+
+def bits(*idx):
+    return sum(1 << i for i in set(idx))
+
+
+def piece(data, info, i):
+    off = info.piece_offset(i)
+    return data[off:off + info.piece_len(i)]
+
+
+def corrupt(b):
+    return bytes([b[0] ^ 0xFF]) + b[1:]
+
+
+@pytest.fixture
+def opened(tmp_path):
+    """open_storage(content or None) -> (Storage, path); every Storage is closed after the test."""
+    made = []
+
+    def open_storage(content, info, name="data.bin"):
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        st = Storage(str(path), info)
+        st.open()
+        made.append(st)
+        return st, path
+
+    yield open_storage
+    for st in made:
+        st.close()
+
+
+def scan_all(st):
+    batches = []
+    st.scan(lambda first, count, good: batches.append((first, count, good)))
+    good = 0
+    for _, _, g in batches:
+        good |= g
+    return good, batches
+
+
+# -- sizing the file ------------------------------------------------------------------------------
+
+def test_missing_file_is_created_with_exactly_size_bytes(opened):
+    data, info = make_info()
+    st, path = opened(None, info)
+    assert path.stat().st_size == SIZE
+    assert path.read_bytes() == bytes(SIZE)
+    good, _ = scan_all(st)
+    assert good == 0
+
+
+def test_empty_file_is_extended(opened):
+    _, info = make_info()
+    st, path = opened(b"", info)
+    assert path.stat().st_size == SIZE
+
+
+def test_oversize_file_is_truncated_and_keeps_its_pieces(opened):
+    data, info = make_info()
+    st, path = opened(data + b"garbage" * 100, info)
+    assert path.stat().st_size == SIZE
+    assert path.read_bytes() == data
+    good, _ = scan_all(st)
+    assert good == bits(*range(info.n_pieces))
+
+
+def test_undersize_file_is_extended_and_keeps_its_pieces(opened):
+    data, info = make_info()
+    st, path = opened(data[:2 * PIECE + 50], info)  # pieces 0, 1 whole, piece 2 cut short
+    assert path.stat().st_size == SIZE
+    assert path.read_bytes()[:2 * PIECE + 50] == data[:2 * PIECE + 50]
+    good, _ = scan_all(st)
+    assert good == bits(0, 1)
+
+
+def test_zero_size_file(opened):
+    _, info = make_info(size=0)
+    st, path = opened(b"stale bytes", info)
+    assert path.stat().st_size == 0
+    good, batches = scan_all(st)
+    assert good == 0 and batches == []
+
+
+# -- scan -----------------------------------------------------------------------------------------
+
+def test_partly_correct_file_scan_reports_exactly_the_good_pieces(opened):
+    data, info = make_info()
+    content = bytearray(data)
+    for i in (1, 2, 5):  # corrupt one byte in the middle of these pieces
+        content[info.piece_offset(i) + 7] ^= 0x55
+    content[SIZE - 1] ^= 0x01  # and the last (short) piece's last byte
+    st, _ = opened(bytes(content), info)
+    good, _ = scan_all(st)
+    assert good == bits(0, 3, 4, 6)
+
+
+def test_short_last_piece_alone_is_recognised(opened):
+    data, info = make_info()
+    last = info.n_pieces - 1
+    assert info.piece_len(last) < PIECE
+    content = bytes(info.piece_offset(last)) + piece(data, info, last)
+    st, _ = opened(content, info)
+    good, _ = scan_all(st)
+    assert good == bits(last)
+
+
+def test_scan_batches_cover_every_piece_once(opened, monkeypatch):
+    monkeypatch.setattr(storage, "SCAN_BATCH_BYTES", 3 * PIECE)
+    data, info = make_info()
+    content = bytearray(data)
+    content[info.piece_offset(4)] ^= 1
+    st, _ = opened(bytes(content), info)
+    good, batches = scan_all(st)
+    assert [(f, c) for f, c, _ in batches] == [(0, 3), (3, 3), (6, 2)]
+    for first, count, g in batches:
+        assert g & ~(((1 << count) - 1) << first) == 0  # a batch only reports its own pieces
+    assert good == bits(0, 1, 2, 3, 5, 6, 7)
+
+
+def test_good_pieces_directly():
+    data, info = make_info()
+    assert good_pieces(info, 0, data) == bits(*range(8))
+    assert good_pieces(info, 2, data[2 * PIECE:4 * PIECE]) == bits(2, 3)
+    assert good_pieces(info, 2, data[3 * PIECE:5 * PIECE]) == 0  # right bytes, wrong place
+    assert good_pieces(info, 7, piece(data, info, 7)) == bits(7)
+    assert good_pieces(info, 0, data, skip=bits(1, 7)) == bits(0, 2, 3, 4, 5, 6)
+    assert good_pieces(info, 0, data[:PIECE + 5]) == bits(0)  # truncated second piece
+
+
+# -- write ----------------------------------------------------------------------------------------
+
+def test_write_stores_only_the_good_pieces(opened):
+    data, info = make_info()
+    st, path = opened(None, info)
+    chunk = piece(data, info, 1) + corrupt(piece(data, info, 2)) + piece(data, info, 3)
+    assert st.write(1, chunk) == bits(1, 3)
+    on_disk = path.read_bytes()
+    assert on_disk[PIECE:2 * PIECE] == piece(data, info, 1)
+    assert on_disk[2 * PIECE:3 * PIECE] == bytes(PIECE)  # the bad piece's region is unchanged
+    assert on_disk[3 * PIECE:4 * PIECE] == piece(data, info, 3)
+    assert on_disk[:PIECE] == bytes(PIECE) and on_disk[4 * PIECE:] == bytes(SIZE - 4 * PIECE)
+    good, _ = scan_all(st)
+    assert good == bits(1, 3)
+
+
+def test_write_of_all_bad_data_changes_nothing(opened):
+    data, info = make_info()
+    before = b"\x5a" * SIZE
+    st, path = opened(before, info)
+    assert st.write(0, bytes(SIZE)) == 0
+    assert path.read_bytes() == before
+
+
+def test_write_short_last_piece(opened):
+    data, info = make_info()
+    st, path = opened(None, info)
+    last = info.n_pieces - 1
+    assert st.write(last, piece(data, info, last)) == bits(last)
+    assert path.read_bytes()[info.piece_offset(last):] == piece(data, info, last)
+    assert path.stat().st_size == SIZE
+
+
+def test_write_accepts_a_memoryview(opened):
+    data, info = make_info()
+    st, path = opened(None, info)
+    assert st.write(0, memoryview(data)[:2 * PIECE]) == bits(0, 1)
+    assert path.read_bytes()[:2 * PIECE] == data[:2 * PIECE]
+
+
+def test_skip_pieces_are_not_rewritten(opened):
+    data, info = make_info()
+    marker = b"\xee" * PIECE
+    content = bytearray(SIZE)
+    content[PIECE:2 * PIECE] = marker  # what we "already hold" for piece 1 (say, written meanwhile)
+    st, path = opened(bytes(content), info)
+    assert st.write(0, data[:4 * PIECE], skip=bits(1)) == bits(0, 2, 3)
+    on_disk = path.read_bytes()
+    assert on_disk[PIECE:2 * PIECE] == marker
+    assert on_disk[:PIECE] == data[:PIECE]
+    assert on_disk[2 * PIECE:4 * PIECE] == data[2 * PIECE:4 * PIECE]
+
+
+def test_whole_file_by_writes_then_reopen_scans_complete(opened, tmp_path):
+    data, info = make_info(seed=3)
+    st, path = opened(b"junk" * 999, info)
+    order = list(range(info.n_pieces))
+    random.Random(1).shuffle(order)
+    for i in order:
+        assert st.write(i, piece(data, info, i)) == bits(i)
+    st.close()
+    assert path.read_bytes() == data
+    st2, _ = opened(None, info)
+    good, _ = scan_all(st2)
+    assert good == bits(*range(info.n_pieces))
+
+
+# -- in place, close ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [None, b"", b"x" * 10, b"y" * (SIZE + 4096)], ids=lambda c: (
+    "missing" if c is None else f"{len(c)}B"))
+def test_file_is_never_replaced(tmp_path, content):
+    data, info = make_info()
+    path = tmp_path / "data.bin"
+    if content is not None:
+        path.write_bytes(content)
+    st = Storage(str(path), info)
+    st.open()
+    ino = os.stat(path).st_ino
+    st.write(0, data)
+    st.sync()
+    assert os.stat(path).st_ino == ino
+    st.close()
+    assert os.stat(path).st_ino == ino
+    assert path.read_bytes() == data
+
+
+def test_hard_link_sees_the_writes(tmp_path):
+    """A bind-mounted file is changed through its own inode: another name for it sees every write."""
+    data, info = make_info()
+    path, alias = tmp_path / "data.bin", tmp_path / "alias.bin"
+    path.write_bytes(b"old")
+    os.link(path, alias)
+    st = Storage(str(path), info)
+    st.open()
+    st.write(0, data)
+    st.close()
+    assert alias.read_bytes() == data
+
+
+def test_close_twice_is_safe(tmp_path):
+    _, info = make_info()
+    st = Storage(str(tmp_path / "data.bin"), info)
+    st.open()
+    st.close()
+    assert st.fd is None
+    st.close()
+    assert st.fd is None
+
+
+def test_close_without_open_is_safe(tmp_path):
+    _, info = make_info()
+    Storage(str(tmp_path / "data.bin"), info).close()
+
+
+def test_close_releases_the_descriptor(tmp_path):
+    _, info = make_info()
+    st = Storage(str(tmp_path / "data.bin"), info)
+    st.open()
+    fd = st.fd
+    st.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_sendfile_sends_the_pieces_bytes(opened):
+    data, info = make_info()
+    st, _ = opened(data, info)
+    a, b = socket.socketpair()
+    try:
+        st.sendfile(a, 2, 3)
+        st.sendfile(a, 7, 1)
+        want = data[2 * PIECE:5 * PIECE] + piece(data, info, 7)
+        got = b""
+        while len(got) < len(want):
+            got += b.recv(65536)
+        assert got == want
+    finally:
+        a.close()
+        b.close()
