@@ -136,6 +136,6 @@ class Discovery:
         if known == b.instance:
             return
         entry = self.node.state.add_peer((ip, b.port), "discovery")
-        if known is not None:
+        if known is not None:  # a new instance at a known address: it restarted, dial it now
             log.info("peer_restarted", peer=ip, result="redial")
-        self.node.state.retry_now(entry)
+            self.node.state.retry_now(entry)
