@@ -1,0 +1,69 @@
+"""beacon: the discovery datagram codec. Our own packets decode; foreign, short, long, unknown-kind,
+other-version and port-0 datagrams raise BeaconError (the caller skips them); a restarted peer's
+new instance id is visible in what we decode."""
+
+import os
+import struct
+
+import pytest
+
+from node import beacon
+from node.beacon import ANNOUNCE, PROBE, Beacon, BeaconError
+
+INSTANCE = b"\x10\x20\x30\x40\x50\x60\x70\x80"
+
+
+@pytest.mark.parametrize("kind", [ANNOUNCE, PROBE])
+@pytest.mark.parametrize("port", [1, 6881, 65535])
+def test_round_trip(kind, port):
+    packet = beacon.encode(kind, INSTANCE, port)
+    assert len(packet) == beacon.SIZE == 16
+    assert beacon.decode(packet) == Beacon(kind, INSTANCE, port)
+
+
+def test_layout():
+    assert beacon.encode(ANNOUNCE, INSTANCE, 0x1AE1) == b"P2PB\x01\x01" + INSTANCE + b"\x1a\xe1"
+    assert beacon.encode(PROBE, INSTANCE, 6881)[5] == 2
+
+
+def test_our_own_packet_decodes_from_bytearray_and_memoryview():
+    packet = beacon.encode(ANNOUNCE, INSTANCE, 6881)
+    assert beacon.decode(bytearray(packet)).instance == INSTANCE
+    assert beacon.decode(memoryview(packet)).port == 6881
+
+
+def test_changed_instance_id_is_visible():
+    before = beacon.decode(beacon.encode(ANNOUNCE, INSTANCE, 6881))
+    restarted = os.urandom(8)
+    after = beacon.decode(beacon.encode(ANNOUNCE, restarted, 6881))
+    assert after.instance == restarted != before.instance
+    assert after != before
+
+
+def _packet(magic=b"P2PB", version=1, kind=ANNOUNCE, instance=INSTANCE, port=6881):
+    return struct.pack(">4sBB8sH", magic, version, kind, instance, port)
+
+
+@pytest.mark.parametrize("packet", [
+    pytest.param(_packet(magic=b"BSYN"), id="foreign-magic"),
+    pytest.param(_packet(magic=b"p2pb"), id="magic-case"),
+    pytest.param(b"", id="empty"),
+    pytest.param(_packet()[:15], id="short"),
+    pytest.param(_packet()[:4], id="magic-only"),
+    pytest.param(_packet() + b"\x00", id="long"),
+    pytest.param(_packet() * 2, id="two-packets"),
+    pytest.param(_packet(kind=0), id="kind-0"),
+    pytest.param(_packet(kind=3), id="kind-3"),
+    pytest.param(_packet(kind=255), id="kind-255"),
+    pytest.param(_packet(version=0), id="version-0"),
+    pytest.param(_packet(version=2), id="version-2"),
+    pytest.param(_packet(port=0), id="port-0"),
+])
+def test_bad_datagrams_raise_beacon_error(packet):
+    with pytest.raises(BeaconError):
+        beacon.decode(packet)
+
+
+def test_beacon_error_is_a_value_error():
+    # callers that catch ValueError around decoding still skip bad datagrams
+    assert issubclass(BeaconError, ValueError)
