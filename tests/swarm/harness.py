@@ -202,6 +202,7 @@ class SwarmRun:
     def _dump_logs(self):
         self.out(f"--- {self.plan.scenario} seed={self.plan.seed} run={self.runid} FAILED; "
                  f"plan: {self.result.summary}")
+        self.out(f"    reproduce: {self.plan.reproduce()}")
         for failure in self.result.failures:
             self.out(f"    {failure[:2000]}")
         for name in [n for n in self._bad_names() if n in self._started][:12]:

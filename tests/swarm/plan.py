@@ -55,6 +55,13 @@ class SwarmPlan:
     nodes: list
     timeout_s: float
     chaos: Optional[ChaosSpec] = None
+    pins: dict = field(default_factory=dict)   # scale overrides given to make_plan (nodes=...)
+
+    def reproduce(self):
+        """The CLI command re-running exactly this plan."""
+        flags = "".join(f" --{k} {v}" for k, v in sorted(self.pins.items()))
+        return (f"python -m tests.swarm.run --scenario {self.scenario} --seed {self.seed} "
+                f"--runs 1{flags}")
 
     @property
     def n_pieces(self):

@@ -16,8 +16,8 @@ KiB, MiB = 1 << 10, 1 << 20
 # every node gets a bind mount so setup stays short.
 COPY_MAX_SIZE = 64 * MiB
 COPY_PROBABILITY = 0.3
-# Oversize files carry at most this much trailing garbage: enough to test truncation, without
-# doubling the disk use of a 1 GB run.
+# Oversize (and garbage) files are at most this much longer than the real file: enough to test
+# truncation, without doubling the disk use of a 1 GB run.
 OVERSIZE_MAX_EXTRA = 4 * MiB
 # Piece counts above this make torrent.conf huge for no testing gain.
 MAX_PIECES = 8192
@@ -78,7 +78,8 @@ def _extra_content(rng, size, n_pieces):
     """A non-seeder's file in simple-extra: anything at all."""
     kind = rng.choice(("garbage", "partial", "oversize", "undersize", "empty", "missing"))
     if kind == "garbage":
-        return Content(kind, length=size if rng.random() < 0.5 else rng.randint(1, 2 * size))
+        longest = size + OVERSIZE_MAX_EXTRA
+        return Content(kind, length=size if rng.random() < 0.5 else rng.randint(1, longest))
     if kind == "partial":
         k = rng.randint(0, n_pieces)
         return Content(kind, pieces=frozenset(rng.sample(range(n_pieces), k)))
@@ -202,4 +203,7 @@ def make_plan(name, seed, **overrides):
     """The plan of scenario NAME for SEED; overrides (nodes, size, piece) pin its scale."""
     scenario = SCENARIOS[name]
     rng = random.Random(f"{name}:{seed}")
-    return scenario.generate(rng, seed, **{k: v for k, v in overrides.items() if v})
+    pins = {k: v for k, v in overrides.items() if v}
+    plan = scenario.generate(rng, seed, **pins)
+    plan.pins = pins
+    return plan
