@@ -14,6 +14,9 @@ BULK_TIMEOUT_S = 180.0
 # 172.28-31.x.0/24: the test range agreed for this project; Docker's default address pools
 # (172.17-27) and the grader's 172.20.234.0/24 stay untouched.
 SUBNET_SECOND_OCTETS = (28, 29, 30, 31)
+# docker-compose.yml's default /24: never picked here, so a harness run and the compose test
+# can run side by side.
+RESERVED_PREFIXES = ("172.29.77",)
 # Random /24s rarely clash; a few retries make a clash with a concurrent run harmless.
 NETWORK_CREATE_ATTEMPTS = 8
 # `docker rm` takes many names at once; chunks keep the command line and each call short.
@@ -61,6 +64,8 @@ def create_network(name, label, rng=None):
     last = None
     for _ in range(NETWORK_CREATE_ATTEMPTS):
         prefix = f"172.{rng.choice(SUBNET_SECOND_OCTETS)}.{rng.randrange(256)}"
+        if prefix in RESERVED_PREFIXES:
+            continue
         proc = docker("network", "create", "--internal", "--subnet", f"{prefix}.0/24",
                       "--label", label, name, check=False)
         if proc.returncode == 0:
