@@ -49,3 +49,16 @@ test-swarm: venv image
 
 clean:
 	rm -rf $(VENV) tmp .pytest_cache
+
+# -- the local swarm (tools/local_swarm.py; swarm/compose.yml) ---------------------------------
+local-swarm: venv image
+	$(VENV_PY) tools/local_swarm.py up --n $(N) --size $(SIZE) --piece $(PIECE)
+
+swarm-down: venv
+	$(VENV_PY) tools/local_swarm.py down
+
+status: venv
+	$(VENV_PY) tools/local_swarm.py status
+
+logs: venv
+	$(VENV_PY) tools/local_swarm.py logs $(if $(LEVEL),--level $(LEVEL)) $(if $(NODE),--node $(NODE))

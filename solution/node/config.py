@@ -102,7 +102,10 @@ def parse_file_info(obj, field="FileInfo"):
         return None
     _need(obj, dict, field, "object or null")
     parts = obj.get("Parts")
-    if parts is None:
+    if parts is None:  # learn it from a peer; but a Size or PartSize given must still be sane
+        for key in ("Size", "PartSize"):
+            if obj.get(key) is not None:
+                _need(obj[key], int, f"{field}.{key}", "integer")
         return None
     size = _need(obj.get("Size"), int, f"{field}.Size", "integer")
     piece_size = _need(obj.get("PartSize"), int, f"{field}.PartSize", "integer")
@@ -121,6 +124,10 @@ def parse_file_info(obj, field="FileInfo"):
     return FileInfo(size, piece_size, tuple(hashes))
 
 
+def _is_port(text):
+    return text.isascii() and text.isdigit() and 0 < int(text) < 65536
+
+
 def parse_address(text, default_port, field):
     """'10.0.0.2' or '10.0.0.2:7000' or 'host[:port]' -> (host, port)."""
     host, sep, port = text.strip().rpartition(":")
@@ -128,7 +135,7 @@ def parse_address(text, default_port, field):
         host, port = text.strip(), str(default_port)
     if not host or any(c.isspace() for c in host):
         raise ConfigError(field, f"expected an IP address, got {text!r}")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not _is_port(port):
         raise ConfigError(field, f"bad port in {text!r}")
     return host, int(port)
 
@@ -151,8 +158,13 @@ def parse_torrent_conf(text, default_port=DEFAULT_PORT, field_prefix=""):
     return parse_peers(obj.get("Peers"), default_port), parse_file_info(obj.get("FileInfo"))
 
 
+class _ArgParser(argparse.ArgumentParser):
+    def error(self, message):  # one line naming the problem, like every other config error
+        raise ConfigError("argv", message)
+
+
 def _arg_parser(env):
-    p = argparse.ArgumentParser(prog="python3 -m node", description="Peer-to-peer file-sync node.")
+    p = _ArgParser(prog="python3 -m node", description="Peer-to-peer file-sync node.")
     p.add_argument("--data", default=env.get("NODE_DATA", "/data.bin"), help="data file (NODE_DATA)")
     p.add_argument("--conf", default=env.get("NODE_CONF", "/torrent.conf"), help="torrent conf (NODE_CONF)")
     p.add_argument("--state", default=env.get("NODE_STATE"),
@@ -165,7 +177,7 @@ def _arg_parser(env):
 
 
 def _parse_flags(ns):
-    if not ns.port.isdigit() or not 0 < int(ns.port) < 65536:
+    if not _is_port(ns.port):
         raise ConfigError("port", f"expected 1..65535, got {ns.port!r}")
     if ns.log_level not in LOG_LEVELS:
         raise ConfigError("log-level", f"expected one of {'|'.join(LOG_LEVELS)}, got {ns.log_level!r}")

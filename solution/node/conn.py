@@ -348,7 +348,7 @@ class Conn:
             if swarm is None:
                 swarm = [c.has for c in s.conns.values()]
             got = picker.pick(s.missing, s.requested, self.has, swarm, self.rng, max_count,
-                              mine=self.mine_bits, have_any=s.have_count > 0)
+                              mine=self.mine_bits, have_any=s.have_count > 0, twice=s.requested_twice)
             if got is None:
                 break
             first, count = got

@@ -28,8 +28,8 @@ def _value(v):
         v = f"{v:.3f}".rstrip("0").rstrip(".") if v == v else "nan"
     else:
         v = str(v)
-    if not v or any(c in v for c in ' ="\n\t'):
-        v = '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if not v or any(c in v for c in ' ="\n\r\t'):
+        v = '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r") + '"'
     return v
 
 

@@ -9,8 +9,8 @@ Policy, from BitTorrent (BEP 3 and the classic client):
 - then rarest first, availability counted from the bitfields of connected peers;
 - each request is a run of consecutive pieces starting there, up to `max_count`, so small pieces
   cost one round trip per run, not per piece;
-- endgame: once every missing piece is already requested and few remain, ask this peer too
-  (the first answer wins, the duplicate is dropped).
+- endgame: once every missing piece is already requested and few remain, ask this peer too,
+  at most one extra request per piece (the first answer wins, the duplicate is dropped).
 """
 
 EXACT_RAREST_LIMIT = 512  # up to this many candidates, scan all of them for the rarest
@@ -72,7 +72,7 @@ def _rarest(cand, swarm, rng):
     return rng.choice([p for p, c in zip(positions, counts) if c == least])
 
 
-def pick(missing, requested, peer_has, swarm, rng, max_count, mine=0, have_any=True):
+def pick(missing, requested, peer_has, swarm, rng, max_count, mine=0, have_any=True, twice=0):
     """Next request to send this peer, as (first, count), or None.
 
     missing:   pieces we lack (scanned and bad, or never had)
@@ -80,6 +80,7 @@ def pick(missing, requested, peer_has, swarm, rng, max_count, mine=0, have_any=T
     peer_has:  pieces this peer holds
     swarm:     bitsets of every connected peer (availability)
     mine:      pieces already requested from this peer (excluded from endgame duplicates)
+    twice:     pieces already requested from two peers (never a third request)
     have_any:  False while we hold no piece at all (random first piece)
     """
     wanted = missing & peer_has
@@ -87,7 +88,7 @@ def pick(missing, requested, peer_has, swarm, rng, max_count, mine=0, have_any=T
     if not cand:
         if not wanted or (missing & ~requested) or missing.bit_count() > ENDGAME_MAX_PIECES:
             return None
-        cand = wanted & ~mine  # endgame
+        cand = wanted & ~mine & ~twice  # endgame
         if not cand:
             return None
         first = next_bit(cand, rng.randrange(cand.bit_length()))

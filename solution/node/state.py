@@ -34,7 +34,7 @@ class PeerEntry:
 
     def failed(self, now):
         self.fails += 1
-        self.next_try = now + min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self.fails - 1))
+        self.next_try = now + min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** min(self.fails - 1, 16))
 
     def __repr__(self):
         return f"PeerEntry({self.addr[0]}:{self.addr[1]} {self.source})"
@@ -45,6 +45,7 @@ class NodeState:
         self.node_id = node_id
         self.info = None
         self.full = self.have = self.missing = self.requested = 0
+        self.requested_twice = 0  # endgame: pieces with a second request out; never a third
         self.have_count = 0
         self.scanned = False
         self.peers = {}  # (ip, port) -> PeerEntry
@@ -90,11 +91,14 @@ class NodeState:
     def finish_scan(self):
         self.scanned = True
         self._notify("requestable")
+        if self.complete and self.completed_at is None:  # e.g. a 0-byte file: no piece to mark
+            self._on_new_pieces()
 
     def mark_have(self, good):
         """Pieces (bitset) fetched and verified."""
         good &= ~self.have
         self.requested &= ~good
+        self.requested_twice &= ~good
         if not good:
             return
         self.have |= good
@@ -111,12 +115,17 @@ class NodeState:
             self._notify("have")
 
     def mark_requested(self, bits):
+        self.requested_twice |= bits & self.requested
         self.requested |= bits
 
     def release(self, bits):
-        """Requests that ended without the piece (peer gone, rejected, bad data): fetchable again."""
-        if bits & self.requested:
-            self.requested &= ~bits
+        """Requests that ended without the piece (peer gone, rejected, bad data): fetchable again
+        once no other request for it is out."""
+        twice = bits & self.requested_twice
+        self.requested_twice &= ~twice
+        once = bits & ~twice & self.requested
+        if once:
+            self.requested &= ~once
             self._notify("requestable")
 
     def has_all(self, first, count):

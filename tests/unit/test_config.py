@@ -159,6 +159,8 @@ BAD_CONFS = [
     ("peer-port-zero", {"Peers": ["10.0.0.2:0"]}, "Peers[0]"),
     ("peer-port-big", {"Peers": ["10.0.0.2:65536"]}, "Peers[0]"),
     ("peer-newline", {"Peers": ["10.0.0.2\n:x"]}, "Peers[0]"),
+    ("size-string-parts-null", {"FileInfo": {"Size": "x", "PartSize": 256, "Parts": None}}, "FileInfo.Size"),
+    ("piece-float-no-parts", {"FileInfo": {"Size": 10, "PartSize": 2.5}}, "FileInfo.PartSize"),
     ("top-array", ["10.0.0.2"], "torrent.conf"),
     ("top-null", None, "torrent.conf"),
 ]
@@ -308,3 +310,7 @@ def test_cli_wrong_type_exits_2_with_one_line(tmp_path):
     proc = run_cli("--conf", str(path), "--data", str(tmp_path / "data.bin"))
     _one_error_line(proc, "FileInfo.Size")
     assert not (tmp_path / "data.bin").exists()  # nothing touched on a config error
+
+
+def test_cli_unknown_flag_exits_2_with_one_line():
+    _one_error_line(run_cli("--no-such-flag"), "--no-such-flag")

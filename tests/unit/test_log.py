@@ -57,8 +57,8 @@ def test_value_formatting(value, want):
 
 
 def test_a_multiline_value_stays_on_one_line():
-    line = log.format_line("error", "internal_error", {"why": "Traceback:\n  File x\nValueError"}, now=0)
-    assert "\n" not in line
+    line = log.format_line("error", "internal_error", {"why": "Traceback:\n  File x\r\nValueError"}, now=0)
+    assert "\n" not in line and "\r" not in line
 
 
 def _lines(capsys):

@@ -45,6 +45,13 @@ def test_one_seeder_fills_missing_empty_and_garbage_files(swarm, torrent_factory
         assert swarm.file_bytes(i) == t.data
 
 
+def test_empty_file_completes_at_once(swarm, torrent_factory):
+    t = torrent_factory(0, 1024)
+    node = swarm.start(0, t.conf([]), data=b"stale bytes")
+    assert swarm.wait(lambda: node.state.completed_at is not None, 5)
+    assert swarm.file_bytes(0) == b""
+
+
 def test_partly_correct_file_keeps_its_good_pieces(swarm, torrent_factory):
     t = torrent_factory(64 * 1024, 1024, seed=2)
     damaged = bytearray(t.data)
