@@ -8,17 +8,22 @@ logs    follow every node's log, prefixed by node; filter by level or node.
 down    stop and remove the swarm.
 
 Rule: all Docker access goes through the docker and compose CLIs (v2 `docker compose` or v1
-`docker-compose`); node state is read with `python3 -m node status` inside each container.
+`docker-compose`). The live display reads the nodes' own log lines from one `compose logs -f`
+stream (no polling: on a small machine, a `docker exec` per node per second would slow the very
+swarm it measures); `status` asks each node with `python3 -m node status` inside its container.
 """
 
 import argparse
+import calendar
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,7 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPOSE_FILE = os.path.join(ROOT, "swarm", "compose.yml")
 PROJECT = "p2pswarm"
 SWARM_DIR = os.path.join(ROOT, "tmp", "swarm")
-POLL_S = 0.5  # how often the live display asks every node for its status
+REFRESH_S = 0.25  # how often the live display redraws
+_KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 STATUS_CMD = ["python3", "-m", "node", "status", "127.0.0.1", "--json"]
 
 console = Console()
@@ -95,6 +101,69 @@ def _safe_status(cid):
         return None
 
 
+# -- watching the swarm through its logs ---------------------------------------------------------
+def parse_logfmt(text):
+    return {k: v[1:-1] if v.startswith('"') else v for k, v in _KV.findall(text)}
+
+
+def parse_ts(ts):
+    """'2026-11-21T11:09:34.897Z' -> seconds since the epoch."""
+    return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + float("0" + ts[19:-1])
+
+
+class SwarmWatch:
+    """Follows `compose logs -f` and keeps, per container, its latest progress and history."""
+
+    def __init__(self):
+        self.nodes = {}  # container name -> dict
+        self._lock = threading.Lock()
+        self._proc = None
+
+    def start(self):
+        cmd = compose_cmd() + ["-p", PROJECT, "-f", COMPOSE_FILE, "logs", "-f", "--no-color"]
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                      env=dict(os.environ, SWARM_DIR=SWARM_DIR))
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def stop(self):
+        if self._proc:
+            self._proc.terminate()
+            self._proc.wait()
+
+    def _read(self):
+        for line in self._proc.stdout:
+            name, sep, rest = line.partition("|")
+            if sep:
+                self.feed(name.strip(), parse_logfmt(rest))
+
+    def feed(self, name, f):
+        event, ts = f.get("event"), f.get("ts")
+        if not event or not ts:
+            return
+        with self._lock:
+            n = self.nodes.setdefault(name, {"have": 0, "pieces": 0, "bytes_in": 0, "bytes_out": 0,
+                                             "peers": 0, "done_at": None, "history": []})
+            t = parse_ts(ts)
+            if event == "file_info" and "pieces" in f:
+                n["pieces"] = int(f["pieces"])
+            elif event == "scan_done":
+                n["have"] = int(f["have"])
+            elif event == "progress" and "have" in f:
+                have, pieces = f["have"].split("/")
+                n.update(have=int(have), pieces=int(pieces), bytes_in=int(f.get("bytes_in", 0)),
+                         bytes_out=int(f.get("bytes_out", 0)), peers=int(f.get("peers", 0)))
+            elif event == "complete":
+                n.update(have=int(f["pieces"]), pieces=int(f["pieces"]), bytes_in=int(f["bytes_in"]),
+                         done_at=n["done_at"] or t)
+            else:
+                return
+            n["history"].append((t, n["have"]))
+
+    def snapshot(self):
+        with self._lock:
+            return {k: dict(v, history=list(v["history"])) for k, v in self.nodes.items()}
+
+
 # -- generating the swarm's inputs ---------------------------------------------------------------
 def write_inputs(size, piece, seed):
     os.makedirs(SWARM_DIR, exist_ok=True)
@@ -117,23 +186,32 @@ def write_inputs(size, piece, seed):
 
 
 # -- display -------------------------------------------------------------------------------------
-def render(statuses, started=None):
-    table = Table(show_edge=False, pad_edge=False, expand=False)
+def render(rows, caption=None):
+    """rows: name -> dict(have, pieces, bytes_in, bytes_out, peers, done) (done: seconds or None)."""
+    table = Table(show_edge=False, pad_edge=False, expand=False, caption=caption)
     for col in ("node", "progress", "pieces", "%", "in MB", "out MB", "peers", "done after"):
         table.add_column(col, justify="left" if col in ("node", "progress") else "right")
-    for name, st in statuses.items():
-        if st is None:
+    for name, r in sorted(rows.items(), key=lambda kv: (0 if "seeder" in kv[0] else 1, _replica_number(kv[0]))):
+        if r is None:
             table.add_row(short(name), "[dim]starting…", "", "", "", "", "", "")
             continue
-        pct = st["percent"]
-        done = st["complete_after_s"]
+        pct = 100.0 * r["have"] / r["pieces"] if r["pieces"] else 0.0
         table.add_row(short(name), ProgressBar(total=100, completed=pct, width=30),
-                      f"{st['have']}/{st['pieces']}", f"{pct:.1f}", f"{st['bytes_in'] / 1e6:.1f}",
-                      f"{st['bytes_out'] / 1e6:.1f}", str(st["peers_connected"]),
-                      f"{done:.2f}s" if done is not None else "")
-    if started is not None:
-        table.caption = f"{time.monotonic() - started:.1f}s since start"
+                      f"{r['have']}/{r['pieces']}", f"{pct:.1f}", f"{r['bytes_in'] / 1e6:.1f}",
+                      f"{r['bytes_out'] / 1e6:.1f}", str(r["peers"]),
+                      f"{r['done']:.2f}s" if r.get("done") is not None else "")
     return table
+
+
+def watch_rows(snapshot, t0):
+    return {name: dict(n, done=(n["done_at"] - t0) if n["done_at"] else None) for name, n in snapshot.items()}
+
+
+def status_rows(statuses):
+    return {name: st and {"have": st["have"], "pieces": st["pieces"], "bytes_in": st["bytes_in"],
+                          "bytes_out": st["bytes_out"], "peers": st["peers_connected"],
+                          "done": st["complete_after_s"]}
+            for name, st in statuses.items()}
 
 
 def verify(nodes, expected, pool):
@@ -143,13 +221,12 @@ def verify(nodes, expected, pool):
     return [(name, got == expected) for name, got in pool.map(one, nodes)]
 
 
-def summary(statuses, wall, size):
-    table = render(statuses)
-    moved = sum(st["bytes_in"] for st in statuses.values() if st)
-    table.caption = (f"{len(statuses)} nodes verified · {size / 1e6:.1f} MB file · last node done "
-                     f"{wall:.2f}s after the swarm started · {moved / 1e6:.1f} MB moved · "
-                     f"{moved / 1e6 / max(wall, 1e-9):.1f} MB/s aggregate")
-    return table
+def summary(rows, size):
+    wall = max(r["done"] for r in rows.values())
+    moved = sum(r["bytes_in"] for r in rows.values())
+    return render(rows, f"{len(rows)} nodes verified · {size / 1e6:.1f} MB file · last node done "
+                        f"{wall:.2f}s after the swarm started · {moved / 1e6:.1f} MB moved · "
+                        f"{moved / 1e6 / max(wall, 1e-9):.1f} MB/s aggregate")
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -158,36 +235,73 @@ def cmd_up(args):
     if args.n < 2:
         sys.exit("local-swarm: N must be at least 2")
     expected = write_inputs(size, piece, args.seed)
-    compose("down", "--remove-orphans", capture_output=True, check=False)
+    compose("down", "--remove-orphans", "-t", "2", capture_output=True, check=False)
     console.print(f"[bold]local swarm[/]: {args.n} nodes, {size / 1e6:.1f} MB file, "
                   f"{piece} B pieces, sha1 {expected[:12]}…")
+    t0 = time.time()
     compose("up", "-d", "--scale", f"node={args.n - 1}", capture_output=True)
-    started = time.monotonic()
     signal.signal(signal.SIGINT, lambda *_: _interrupted())
-    nodes = []
-    with ThreadPoolExecutor(max_workers=16) as pool, Live(console=console, refresh_per_second=4) as live:
-        while True:
-            nodes = containers()
-            statuses = gather(nodes, pool)
-            live.update(render(statuses, started))
-            if len(nodes) == args.n and all(st and st["complete"] for st in statuses.values()):
-                break
-            if time.monotonic() - started > args.timeout:
-                live.stop()
-                console.print(f"[red]local-swarm: not every node completed within {args.timeout}s[/];"
-                              " see `make logs`; the swarm is left running (`make swarm-down`).")
-                return 1
-            time.sleep(POLL_S)
-        wall = max(st["complete_after_s"] or 0 for st in statuses.values())
+    watch = SwarmWatch()
+    watch.start()
+    try:
+        rows = _follow(watch, args, t0)
+    finally:
+        watch.stop()
+    if rows is None:
+        console.print(f"[red]local-swarm: not every node completed within {args.timeout:.0f}s[/];"
+                      " see `make logs`; the swarm is left running (`make swarm-down`).")
+        return 1
+    nodes = containers()
+    with ThreadPoolExecutor(max_workers=16) as pool:
         checks = verify(nodes, expected, pool)
-        live.update(summary(statuses, wall, size))
+        final = status_rows(gather(nodes, pool))
+    for name, r in final.items():  # bytes out as of now; completion times as the logs saw them
+        if r and name in rows:
+            rows[name]["bytes_out"] = r["bytes_out"]
+    console.print(summary(rows, size))
+    if args.chart:
+        write_chart(watch.snapshot(), t0, args.chart, f"{args.n} nodes, {size / 1e6:.0f} MB, {piece} B pieces")
+        console.print(f"chart: {args.chart}")
     bad = [short(n) for n, ok in checks if not ok]
-    if bad:
-        console.print(f"[red]digest mismatch on {', '.join(bad)}[/]")
+    if bad or len(checks) != args.n:
+        console.print(f"[red]digest mismatch on {', '.join(bad) or 'missing nodes'}[/]")
         return 1
     console.print(f"[green]all {len(checks)} files verified by sha1[/]; the swarm keeps seeding: "
                   "`make status`, `make logs`, `make swarm-down`.")
     return 0
+
+
+def _follow(watch, args, t0):
+    """Live display until every node has completed (returns its rows) or the timeout (None)."""
+    with Live(console=console, refresh_per_second=8, transient=True) as live:
+        while True:
+            rows = watch_rows(watch.snapshot(), t0)
+            live.update(render(rows, f"{time.time() - t0:.1f}s since start"))
+            if len(rows) == args.n and all(r["done"] is not None for r in rows.values()):
+                return rows
+            if time.time() - t0 > args.timeout:
+                return None
+            time.sleep(REFRESH_S)
+
+
+def write_chart(snapshot, t0, path, title):
+    """PNG of pieces held over time, one line per node."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for name, n in sorted(snapshot.items(), key=lambda kv: (0 if "seeder" in kv[0] else 1, _replica_number(kv[0]))):
+        pts = [(0.0, 0)] + [(t - t0, h) for t, h in n["history"]]
+        ax.step([p[0] for p in pts], [100.0 * p[1] / max(1, n["pieces"]) for p in pts], where="post",
+                label=short(name), linewidth=1.4)
+    ax.set_xlabel("seconds since `compose up`")
+    ax.set_ylabel("% of pieces held")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
 
 
 def _interrupted():
@@ -202,7 +316,7 @@ def cmd_status(args):
         console.print("no local swarm is running (`make local-swarm N=10`)")
         return 1
     with ThreadPoolExecutor(max_workers=16) as pool:
-        console.print(render(gather(nodes, pool)))
+        console.print(render(status_rows(gather(nodes, pool))))
     return 0
 
 
@@ -243,6 +357,7 @@ def main(argv):
     up.add_argument("--piece", default="256K")
     up.add_argument("--seed", type=int, default=int(time.time()))
     up.add_argument("--timeout", type=float, default=60.0)
+    up.add_argument("--chart", help="also write a PNG of pieces held over time to this path")
     sub.add_parser("status")
     logs = sub.add_parser("logs")
     logs.add_argument("--level", choices=("debug", "info", "warning", "error"))

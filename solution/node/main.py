@@ -101,6 +101,7 @@ class Node:
         self.storage.sync()
         log.info("complete", pieces=s.info.n_pieces, bytes=s.info.size,
                  secs=s.completed_at - s.started, bytes_in=s.counters["bytes_in"],
+                 dup_pieces=s.counters["dup_pieces"], bad_pieces=s.counters["pieces_bad"],
                  peers_used=len(self.sources), result="verified")
 
     def learn_peer(self, addr, source):
@@ -137,7 +138,8 @@ class Node:
             elif not s.complete:
                 log.info("progress", have=f"{s.have_count}/{s.info.n_pieces}",
                          pct=100.0 * s.have_count / max(1, s.info.n_pieces), rate_mbs=rate,
-                         peers=len(s.conns), known=len(s.peers))
+                         bytes_in=got, bytes_out=s.counters["bytes_out"], peers=len(s.conns),
+                         known=len(s.peers))
 
     def _persist_loop(self):
         while True:
