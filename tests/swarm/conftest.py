@@ -52,6 +52,8 @@ def swarm(image):
     def run(plan):
         result = SwarmRun(plan, image=image).execute()
         print(line(result), flush=True)
+        for warning in result.warnings:
+            print(f"  warning: {warning[:1000]}", flush=True)
         append_jsonl(result)
         assert result.ok, (f"{plan.scenario} seed={plan.seed} failed; reproduce: "
                            f"{plan.reproduce()}\n  " + "\n  ".join(f[:500] for f in result.failures))

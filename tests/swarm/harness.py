@@ -48,9 +48,11 @@ class RunResult:
     size: int
     piece: int
     time_to_sync: float = None     # s from the last start returning to the last node complete
+    #                                (under chaos: to the last node's first completion)
     start_spread: float = None     # s from the first start issued to the last start returned
     setup_s: float = None
     failures: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)     # odd but within the contract
     node_times: dict = field(default_factory=dict)   # name -> s to first completion
     chaos_actions: int = 0
     summary: str = ""
@@ -75,7 +77,7 @@ class SwarmRun:
         self.watcher, self.chaos = CompletionWatcher(), None
         self.result = RunResult(plan.scenario, plan.seed, self.runid, len(plan.nodes),
                                 plan.size, plan.piece, summary=plan.summary())
-        self._run_args, self._started = {}, set()
+        self._run_args, self._started = {}, {}   # name -> monotonic time its start returned
 
     # ---- the run -------------------------------------------------------------------------
     def execute(self):
@@ -128,7 +130,7 @@ class SwarmRun:
         else:
             dc.docker("run", "-d", *self._run_args[name], self.image)
         done = time.monotonic()
-        self._started.add(name)
+        self._started[name] = done
         self.watcher.follow(name)
         return done
 
@@ -147,25 +149,46 @@ class SwarmRun:
 
     def _wait(self, t_last_start):
         """Wait for all to complete (chaos meanwhile); record time_to_sync or a failure."""
-        if self.plan.chaos:
-            self.chaos = RestartChaos(self.names, self.plan.chaos, self.rng)
-            self.chaos.start()
         deadline = t_last_start + self.plan.timeout_s
-        t_all = self.watcher.wait_all(self.names, deadline, fail_on_exit=not self.plan.chaos)
+        if self.plan.chaos:
+            self.chaos = RestartChaos(self.names, self.plan.chaos, self.rng, self._started)
+            self.chaos.start()
+        chaos = bool(self.plan.chaos)
+        t_all = self.watcher.wait_all(self.names, deadline, fail_on_exit=not chaos, ever=chaos)
         if self.chaos:
-            self.result.chaos_actions = len(self.chaos.stop())
-            if self.chaos.slow_stops():
-                self.result.failures.append(f"slow SIGTERM stops: {self.chaos.slow_stops()}")
-        _, first, exited = self.watcher.snapshot()
+            t_all = self._soak_and_settle(t_all, deadline)
+        _, first, _ = self.watcher.snapshot()
         self.result.node_times = {n: round(t - t_last_start, 3) for n, t in first.items()}
         if t_all is None:
-            done, _, exited = self.watcher.snapshot()
-            missing = [n for n in self.names if done.get(n) is None]
-            why = f"exited: {sorted(exited)}" if exited and not self.plan.chaos else \
-                f"timeout {self.plan.timeout_s:.0f}s"
-            self.result.failures.append(f"not complete ({why}): {missing}")
+            self._record_incomplete()
         else:
             self.result.time_to_sync = round(t_all - t_last_start, 3)
+
+    def _soak_and_settle(self, t_all, deadline):
+        """Keep restarting for the plan's soak time even once synced, then stop the chaos and
+        wait until every node is complete again. Return t_all, or None if they never settle."""
+        if t_all is not None:
+            soak_end = min(deadline, self.chaos.started + self.plan.chaos.soak_s)
+            time.sleep(max(0.0, soak_end - time.monotonic()))
+        self.result.chaos_actions = len(self.chaos.stop())
+        if self.chaos.ignored_sigterm(young=False):
+            self.result.failures.append(
+                f"SIGTERM did not stop the node with exit 0: {self.chaos.ignored_sigterm(False)}")
+        if self.chaos.ignored_sigterm(young=True):
+            self.result.warnings.append(
+                f"SIGTERM right after start ignored: {self.chaos.ignored_sigterm(True)}")
+        if self.chaos.failed():
+            self.result.failures.append(f"restarts refused by Docker: {self.chaos.failed()}")
+        if t_all is None or self.watcher.wait_all(self.names, deadline, False) is None:
+            return None
+        return t_all
+
+    def _record_incomplete(self):
+        done, _, exited = self.watcher.snapshot()
+        missing = [n for n in self.names if done.get(n) is None]
+        why = f"exited: {sorted(exited)}" if exited and not self.plan.chaos else \
+            f"timeout {self.plan.timeout_s:.0f}s"
+        self.result.failures.append(f"not complete ({why}): {missing}")
 
     # ---- verification --------------------------------------------------------------------
     def _digest(self, name):

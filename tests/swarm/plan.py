@@ -39,10 +39,15 @@ class NodeSpec:
 
 @dataclass
 class ChaosSpec:
-    """Restart containers while the swarm syncs: every `mean_interval_s` on average one random
-    container gets restarted, never the same one twice within `min_gap_s`."""
-    mean_interval_s: float = 0.5
+    """Restart containers while the swarm syncs: every `mean_interval_s` on average a random
+    container is restarted (up to `parallel` at once), never the same one twice within
+    `min_gap_s` (the SPEC: "almost never more than once a second each"). Restarts go on for
+    at least `soak_s` after they began, even once all nodes completed, so restarts of complete
+    nodes are covered too; then they stop and every node must be complete again."""
+    mean_interval_s: float = 0.25
     min_gap_s: float = 1.0
+    parallel: int = 3
+    soak_s: float = 10.0
 
 
 @dataclass

@@ -27,6 +27,7 @@ def line(result):
     """The one-line report of a run."""
     status = "ok" if result.ok else "FAIL"
     extra = f" chaos_actions={result.chaos_actions}" if result.chaos_actions else ""
+    extra += f" warnings={len(result.warnings)}" if result.warnings else ""
     return (f"[swarm] {status} scenario={result.scenario} seed={result.seed} "
             f"nodes={result.nodes} size={human_size(result.size)} piece={human_size(result.piece)} "
             f"time_to_sync={_secs(result.time_to_sync)} start_spread={_secs(result.start_spread)} "

@@ -79,6 +79,8 @@ def main(argv=None):
             plan.timeout_s = args.timeout
         result = SwarmRun(plan, image=args.image, log_level=args.log_level).execute()
         print(line(result), flush=True)
+        for warning in result.warnings:
+            print(f"  warning: {warning[:1000]}", flush=True)
         append_jsonl(result)
         results.append(result)
     print(table(results))

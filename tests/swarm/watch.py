@@ -79,15 +79,16 @@ class CompletionWatcher:
         with self._lock:
             return dict(self._done), dict(self._first_done), set(self._exited)
 
-    def wait_all(self, names, deadline, fail_on_exit=True):
-        """Block until every name is complete at once; return that moment (monotonic).
+    def wait_all(self, names, deadline, fail_on_exit=True, ever=False):
+        """Block until every name is complete at once (or, if EVER, has completed at least
+        once: under chaos some node is nearly always restarting); return that moment.
 
         Returns None at DEADLINE (monotonic), or early if a container exited while
         FAIL_ON_EXIT (no chaos running, so an exit is a crash).
         """
         while time.monotonic() < deadline:
-            done, _, exited = self.snapshot()
-            times = [done.get(n) for n in names]
+            done, first, exited = self.snapshot()
+            times = [(first if ever else done).get(n) for n in names]
             if all(t is not None for t in times):
                 return max(times)
             if fail_on_exit and exited & set(names):
