@@ -15,6 +15,7 @@ from gevent.queue import Queue
 
 from . import log, picker, wire
 from .config import ConfigError, FileInfo, check_file_info
+from .storage import SEND_STALL_S
 
 REQUEST_BYTES = 1 << 20  # one REQUEST asks for about this many bytes of consecutive pieces
 PIPELINE_REQUESTS = 3  # requests kept outstanding per peer, so the link never idles
@@ -24,6 +25,7 @@ HANDSHAKE_TIMEOUT_S = 5.0  # a peer that connects and says nothing frees its slo
 REQUEST_TIMEOUT_S = 4.0  # plus REQUEST_TIMEOUT_PER_MB_S per MiB, as Kraken scales piece deadlines
 REQUEST_TIMEOUT_PER_MB_S = 4.0
 USELESS_CLOSE_S = 3.0  # a link with nothing to exchange this long is closed (sockets are scarce)
+IDLE_TIMEOUT_S = 20.0  # no frame at all from the peer this long, nothing pending: it is gone
 MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
 HAVE_RUNS_MAX = 64  # beyond this many HAVE frames, one BITFIELD is cheaper
 
@@ -56,7 +58,8 @@ class Conn:
         self.serving = 0  # peer's requests queued with our writer
         self.meta_asked = False
         self.strikes = 0
-        self.last_useful = time.monotonic()
+        self.last_useful = self.last_rx = time.monotonic()
+        self.sending_since = None  # set while the writer is blocked in a send
         self.reason = None
         self.registered = False
         self.productive = False  # a piece moved either way: the peer works, forget its failures
@@ -147,6 +150,7 @@ class Conn:
     def _read_loop(self):
         while True:
             kind, n = wire.decode_header(self._recv(wire.HEADER.size))
+            self.last_rx = time.monotonic()
             if kind == wire.PIECES:
                 self._on_pieces(n)
                 continue
@@ -277,6 +281,7 @@ class Conn:
         try:
             while True:
                 job = self._queue.get()
+                self.sending_since = time.monotonic()
                 if job is _KICK:
                     self._kicked = False
                     self._on_kick()
@@ -284,6 +289,7 @@ class Conn:
                     self._serve(*job)
                 else:
                     self.sock.sendall(job)
+                self.sending_since = None
         except Closed as e:
             self.close(str(e))
         except (OSError, EOFError, TimeoutError) as e:
@@ -365,10 +371,18 @@ class Conn:
 
     # -- housekeeping (called about once a second) ---------------------------------------------
     def check(self, now):
-        """Close the link if the peer stalls on our requests or nothing is left to exchange."""
+        """Close the link if the peer stalls (on our requests, or by not reading what we send),
+        falls silent, or has nothing left to exchange with us."""
         if any(deadline < now for _, deadline in self.mine.values()):
             log.warning("peer_stalled", peer=self.name, outstanding=len(self.mine), result="closing")
             self.close("request timed out")
+            return
+        if self.sending_since is not None and now - self.sending_since > SEND_STALL_S:
+            log.warning("peer_stalled", peer=self.name, why="not reading", result="closing")
+            self.close("peer stopped reading")
+            return
+        if now - self.last_rx > IDLE_TIMEOUT_S and not self.mine and not self.serving:
+            self.close("idle")
             return
         if self.useful():
             self.last_useful = now

@@ -20,11 +20,12 @@ from .state import USELESS_RETRY_S, PeerEntry
 MAX_OUTBOUND = 8  # links we open; 60 nodes x 8 stays far from a full mesh
 MAX_INBOUND = 24  # links we accept; leaves room for every dialler of a small swarm
 INBOUND_OVERFLOW = 8  # accepted past MAX_INBOUND only to be closed at once, not left in the backlog
+MAX_INBOUND_PER_IP = 4  # an honest peer needs one link (two while a doubled dial resolves)
 CONNECT_TIMEOUT_S = 2.0  # peers share a LAN: a connect that takes longer is to a dead address
 DIAL_INTERVAL_S = 0.5  # the dialer also wakes at once when slots free up or peers appear
 HOUSEKEEPING_S = 1.0  # how often stalled and useless links are looked for
 BAN_S = 60.0  # a peer that sent bad pieces repeatedly is ignored this long
-BENIGN_ENDS = ("nothing to exchange", "both complete")  # links we closed on purpose, not failures
+BENIGN_ENDS = ("nothing to exchange", "both complete", "idle")  # closed on purpose, not failures
 
 
 class Swarm:
@@ -34,7 +35,8 @@ class Swarm:
         self.in_pool = Pool(MAX_INBOUND + INBOUND_OVERFLOW)
         self.out_pool = Pool(MAX_OUTBOUND)
         self.server = None
-        self.banned = {}  # node_id -> until (monotonic)
+        self.banned = {}  # node_id or ip -> until (monotonic)
+        self.inbound_by_ip = {}  # ip -> open inbound sockets, handshaking or not
         self._wake = Event()
         self._loops = []
 
@@ -66,13 +68,21 @@ class Swarm:
 
     # -- inbound ------------------------------------------------------------------------------
     def _accept(self, sock, addr):
+        ip = addr[0]
         inbound = sum(1 for c in self.state.conns.values() if not c.outbound)
-        if inbound >= MAX_INBOUND:
-            log.debug("inbound_refused", peer=addr[0], inbound=inbound, result="busy")
+        from_ip = self.inbound_by_ip.get(ip, 0)
+        if inbound >= MAX_INBOUND or from_ip >= MAX_INBOUND_PER_IP:
+            log.debug("inbound_refused", peer=ip, inbound=inbound, from_ip=from_ip, result="busy")
             sock.close()
             return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        Conn(self.node, sock, addr[0], outbound=False).run()
+        self.inbound_by_ip[ip] = from_ip + 1
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            Conn(self.node, sock, ip, outbound=False).run()
+        finally:
+            left = self.inbound_by_ip.pop(ip) - 1
+            if left:
+                self.inbound_by_ip[ip] = left
 
     # -- outbound -----------------------------------------------------------------------------
     def _dial_loop(self):

@@ -1,0 +1,138 @@
+"""Hostile or broken peers cost only their own connection: the node keeps serving everyone else,
+its memory stays bounded and its file is never corrupted."""
+
+import os
+import time
+
+import gevent
+import pytest
+from gevent import socket
+from gevent.server import StreamServer
+
+from node import wire
+from node.config import parse_file_info
+
+from swarmkit import LocalSwarm
+
+
+@pytest.fixture
+def swarm(tmp_path):
+    s = LocalSwarm(tmp_path)
+    yield s
+    s.stop_all()
+
+
+def raw_client(swarm, target, source_ip="127.0.0.50"):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source_ip, 0))
+    sock.connect((swarm.ip(target), swarm.port))
+    return sock
+
+
+def hello(meta_id=wire.NO_META, port=0):
+    return wire.encode(wire.Hello(os.urandom(8), port, meta_id))
+
+
+def closed_by_node(sock, within=3.0):
+    """True if the node hangs up on us within `within` seconds (we read until EOF)."""
+    sock.settimeout(within)
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+    return False
+
+
+BAD_FRAMES = {
+    "unknown_kind": wire.HEADER.pack(1, 99),
+    "zero_length": wire.HEADER.pack(0, 0),
+    "oversize_have": wire.HEADER.pack(1 + 9, wire.HAVE) + bytes(9),
+    "oversize_bitfield": wire.HEADER.pack(1 + (1 << 30), wire.BITFIELD),
+    "second_hello": hello(),
+    "unrequested_pieces": wire.pieces_header(0, 1, 10) + bytes(10),
+    "unsolicited_meta": wire.encode(wire.Meta(10, 10, (bytes(20),))),
+    "request_out_of_range": wire.encode(wire.Request(10_000, 5)),
+    "garbage": b"\xff" * 64,
+}
+
+
+@pytest.mark.parametrize("frame", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
+def test_malformed_frame_closes_only_that_connection(swarm, torrent_factory, frame):
+    t = torrent_factory(50_000, 1000, seed=1)
+    seeder = swarm.start(0, t.conf([]), data=t.data)
+    assert swarm.wait_complete()
+    bad = raw_client(swarm, 0)
+    bad.sendall(hello() + frame)
+    assert closed_by_node(bad)
+    bad.close()
+    swarm.start(1, t.conf([swarm.ip(0)]))  # an honest peer is still served
+    assert swarm.wait_complete()
+    assert swarm.file_bytes(1) == t.data
+    assert seeder.state.complete and swarm.file_bytes(0) == t.data
+
+
+def test_silent_connection_is_dropped_after_the_handshake_timeout(swarm, torrent_factory):
+    t = torrent_factory(10_000, 1000)
+    swarm.start(0, t.conf([]), data=t.data)
+    sock = raw_client(swarm, 0)
+    assert not closed_by_node(sock, within=1.0)  # it waits a little for our hello...
+    assert closed_by_node(sock, within=6.0)  # ...but not forever
+    sock.close()
+
+
+def test_connection_flood_from_one_address_does_not_starve_real_peers(swarm, torrent_factory):
+    t = torrent_factory(200_000, 2000, seed=2)
+    seeder = swarm.start(0, t.conf([]), data=t.data)
+    flood = []
+    for _ in range(60):
+        try:
+            flood.append(raw_client(swarm, 0))
+        except OSError:
+            break
+    gevent.sleep(0.2)
+    swarm.start(1, t.conf([swarm.ip(0)]))
+    try:
+        assert swarm.wait_complete(timeout=3.0)  # well before any flood socket times out
+        assert swarm.file_bytes(1) == t.data
+        assert len(seeder.swarm.in_pool) <= 32  # slots stay bounded
+    finally:
+        for s in flood:
+            s.close()
+
+
+class Staller:
+    """Says hello, claims every piece, then never answers a request."""
+
+    def __init__(self, ip, port, info):
+        self.info = info
+        self.server = StreamServer((ip, port), self._handle)
+        self.server.start()
+
+    def _handle(self, sock, _):
+        n = self.info.n_pieces
+        sock.sendall(wire.encode(wire.Hello(os.urandom(8), self.server.server_port, self.info.meta_id))
+                     + wire.encode(wire.Bitfield(((1 << n) - 1).to_bytes((n + 7) // 8, "little"))))
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+
+
+def test_stalled_peer_costs_only_its_requests(swarm, torrent_factory):
+    t = torrent_factory(64 * 1024, 1024, seed=3)
+    staller = Staller(swarm.ip(9), swarm.port, parse_file_info(t.conf()["FileInfo"]))
+    try:
+        node = swarm.start(1, t.conf([swarm.ip(9)]))
+        assert swarm.wait(lambda: node.state.requested, 3)  # it asked the staller for something
+        swarm.start(0, t.conf([swarm.ip(1)]), data=t.data)
+        assert swarm.wait_complete(timeout=12)
+        assert swarm.file_bytes(1) == t.data
+        assert swarm.wait(lambda: not any(c.ip == swarm.ip(9) for c in node.state.conns.values()), 8)
+    finally:
+        staller.server.stop()
