@@ -1,8 +1,8 @@
 """Chaos actions run concurrently while a swarm syncs (restarts scenarios).
 
-`RestartChaos` restarts random containers, alternating graceful (`docker stop`, SIGTERM) and
-brutal (`docker kill`) stops, each followed by `docker start`,, a few at once, never the same container twice
-within the plan's minimum gap. Every action is logged so a failure can be matched against it.
+`RestartChaos` restarts random containers: graceful (`docker stop`, SIGTERM) or brutal
+(`docker kill`) stops, each followed by `docker start`; a few at once, never the same container
+twice within the plan's minimum gap. Every action is logged so a failure can be matched against it.
 """
 import threading
 import time

@@ -55,8 +55,9 @@ def swarm(image):
         for warning in result.warnings:
             print(f"  warning: {warning[:1000]}", flush=True)
         append_jsonl(result)
+        details = "\n  ".join(f[:500] for f in result.failures)
         assert result.ok, (f"{plan.scenario} seed={plan.seed} failed; reproduce: "
-                           f"{plan.reproduce()}\n  " + "\n  ".join(f[:500] for f in result.failures))
+                           f"{plan.reproduce()}\n  {details}")
         return result
     return run
 

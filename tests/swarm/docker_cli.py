@@ -28,7 +28,7 @@ class DockerError(RuntimeError):
 
 
 def docker(*args, timeout=CALL_TIMEOUT_S, check=True):
-    """Run `docker ARGS...`; return CompletedProcess (text). Raise DockerError on failure/timeout."""
+    """Run `docker ARGS...` -> CompletedProcess (text); DockerError on failure or timeout."""
     cmd = ["docker", *map(str, args)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,

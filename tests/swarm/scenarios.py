@@ -25,11 +25,10 @@ MAX_PIECES = 8192
 
 @dataclass(frozen=True)
 class Scenario:
-    """A named generator with the SPEC's hard timeout; `ready` False marks it not yet supported."""
+    """A named plan generator with the SPEC's timeout (a hard limit here)."""
     name: str
     generate: object
     timeout_s: float
-    ready: bool = True
 
 
 def log_uniform(rng, lo, hi):
@@ -84,14 +83,15 @@ def _extra_content(rng, size, n_pieces):
         k = rng.randint(0, n_pieces)
         return Content(kind, pieces=frozenset(rng.sample(range(n_pieces), k)))
     if kind == "oversize":
-        return Content(kind, length=size + rng.randint(1, max(1, min(size // 2, OVERSIZE_MAX_EXTRA))))
+        extra = max(1, min(size // 2, OVERSIZE_MAX_EXTRA))
+        return Content(kind, length=size + rng.randint(1, extra))
     if kind == "undersize":
         return Content(kind, length=rng.randint(0, size - 1))
     return Content(kind)
 
 
 def _empty_some_peers(rng, nodes):
-    """Give up to n-1 nodes an empty Peers ([], null or absent); one full list keeps all reachable."""
+    """Empty the Peers ([], null or absent) of up to n-1 nodes: one full list reaches all."""
     for node in rng.sample(nodes, rng.randint(0, len(nodes) - 1)):
         if rng.random() < 0.4:
             node.peers, node.peers_form = [], rng.choice(("list", "null", "absent"))
@@ -193,9 +193,9 @@ SCENARIOS = {s.name: s for s in (
     Scenario("simple-random", simple_random, 30.0),
     Scenario("simple-extra", simple_extra, 60.0),
     Scenario("many-source", many_source, 30.0),
-    Scenario("restarts", restarts, 120.0, ready=False),
-    Scenario("restarts-discovery", restarts_discovery, 120.0, ready=False),
-    Scenario("self-discovery", self_discovery, 120.0, ready=False),
+    Scenario("restarts", restarts, 120.0),
+    Scenario("restarts-discovery", restarts_discovery, 120.0),
+    Scenario("self-discovery", self_discovery, 120.0),
 )}
 
 
