@@ -5,6 +5,7 @@ Scenarios the node does not support yet (markers `restarts`, `discovery`) are sk
 selected explicitly (`-m restarts`) or SWARM_FUTURE=1.
 """
 import os
+import signal
 
 import pytest
 
@@ -13,6 +14,16 @@ from .harness import DEFAULT_IMAGE, SwarmRun
 from .report import append_jsonl, line
 
 FUTURE_MARKERS = ("restarts", "discovery")
+
+
+def _sigterm(_signo, _frame):
+    raise KeyboardInterrupt  # unwind through the runs' cleanup, as Ctrl-C does
+
+
+def pytest_configure(config):
+    """SIGTERM (CI cancelling a job, `timeout`) cleans up like Ctrl-C instead of leaking."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm)
 
 
 def pytest_collection_modifyitems(config, items):

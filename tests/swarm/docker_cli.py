@@ -31,8 +31,10 @@ def docker(*args, timeout=CALL_TIMEOUT_S, check=True):
     """Run `docker ARGS...` -> CompletedProcess (text); DockerError on failure or timeout."""
     cmd = ["docker", *map(str, args)]
     try:
+        # own session: a Ctrl-C meant for the harness must not kill a CLI mid-request (the
+        # engine would finish creating a container the cleanup has already passed by)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, start_new_session=True)
     except subprocess.TimeoutExpired as exc:
         raise DockerError(f"timed out after {timeout:.0f}s: {' '.join(cmd[:6])}") from exc
     except FileNotFoundError as exc:
@@ -83,9 +85,17 @@ def remove_containers(names):
         docker("rm", "-f", "-v", *names[i:i + RM_CHUNK], check=False, timeout=BULK_TIMEOUT_S)
 
 
+def remove_labelled(label):
+    """Force-remove every container carrying LABEL ('key=value'); return how many there were."""
+    names = docker("ps", "-aq", "--filter", f"label={label}", check=False).stdout.split()
+    remove_containers(names)
+    return len(names)
+
+
 def remove_network(name):
-    """Remove the named network; a missing one is fine."""
-    docker("network", "rm", name, check=False)
+    """Remove the named network; a missing one is fine. True if it is gone."""
+    proc = docker("network", "rm", name, check=False)
+    return proc.returncode == 0 or "not found" in proc.stderr
 
 
 def states(names):

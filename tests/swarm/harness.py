@@ -11,11 +11,14 @@ Life of a run (`SwarmRun.execute`):
      running.
   5. cleanup (always, also on error or Ctrl-C): containers, network and temp dir, by name.
 """
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -235,14 +238,43 @@ class SwarmRun:
             self.out(dc.logs_tail(name, LOG_TAIL_LINES))
 
     def _teardown(self):
-        self.watcher.stop()
-        if self.chaos:
-            self.chaos.stop()
-        try:
-            if self.result.failures and self.prefix:
-                self._dump_logs()
-        finally:
-            dc.remove_containers(self.names)
+        """Stop watchers and chaos, report a failure, remove everything this run created.
+        Runs with Ctrl-C/SIGTERM deferred: it is bounded, and half a cleanup leaks containers."""
+        with signals_deferred():
+            self.watcher.stop()
+            if self.chaos:
+                self.chaos.stop()
+            try:
+                if self.result.failures and self.prefix:
+                    self._dump_logs()
+            finally:
+                self._remove_all()
+
+    def _remove_all(self):
+        dc.remove_containers(self.names)
+        # a create the engine was still processing when we removed by name shows up here
+        if dc.remove_labelled(f"{LABEL_KEY}={self.runid}"):
+            self.out(f"[swarm] removed late containers of run {self.runid}")
+        if not dc.remove_network(self.net):
+            dc.remove_labelled(f"{LABEL_KEY}={self.runid}")
             dc.remove_network(self.net)
-            if self.tmp:
-                shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT/SIGTERM until the block ends (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    handlers = {sig: signal.signal(sig, lambda signo, _f: pending.append(signo))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if pending:
+            raise KeyboardInterrupt

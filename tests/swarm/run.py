@@ -88,4 +88,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: the run's containers, network and temp dir were removed",
+              file=sys.stderr)
+        sys.exit(130)

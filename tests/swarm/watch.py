@@ -54,7 +54,8 @@ class CompletionWatcher:
         """Stream NAME's log since STAMP until the container stops (or we are stopped)."""
         proc = subprocess.Popen(["docker", "logs", "-f", "--since", stamp, name],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace")
+                                stdin=subprocess.DEVNULL, text=True, errors="replace",
+                                start_new_session=True)
         with self._lock:
             self._procs[name] = proc
         try:
