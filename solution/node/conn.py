@@ -1,10 +1,12 @@
-"""One peer connection: a reader greenlet running a blocking-style loop (read a frame, act on it)
-and a writer greenlet that owns every send.
+"""One peer connection: a reader greenlet running a blocking-style loop (read a frame, act on it),
+a writer greenlet that owns every send, and a verifier greenlet that hashes and writes pieces.
 
 Rule: only the writer sends. Both peers request from each other on one full-duplex link; if one
 greenlet both read and sent large responses, two peers sending at once with full socket buffers
 would each wait for the other to read, forever. The reader never blocks on the writer: what a peer
 may queue with us is bounded (MAX_PEER_REQUESTS), and a peer that exceeds it is closed.
+The verifier lets the reader receive the next PIECES frame while the last one is hashed and
+written (in the thread pool); at most VERIFY_BACKLOG frames wait, so memory stays bounded.
 """
 
 import random
@@ -28,6 +30,8 @@ USELESS_CLOSE_S = 3.0  # a link with nothing to exchange this long is closed (so
 IDLE_TIMEOUT_S = 20.0  # no frame at all from the peer this long, nothing pending: it is gone
 MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
 HAVE_RUNS_MAX = 64  # beyond this many HAVE frames, one BITFIELD is cheaper
+VERIFY_BACKLOG = 1  # received PIECES frames waiting for the verifier: one overlaps hash and receive
+SPARE_BUFFERS = 2  # piece buffers kept for reuse per connection (one in the verifier, one filling)
 
 _KICK = object()
 
@@ -67,7 +71,10 @@ class Conn:
         self._queue = Queue()
         self._kicked = False
         self._buf = bytearray(1 << 16)
-        self._writer = None
+        self._spare = []  # piece buffers the verifier handed back
+        self._verify_q = Queue(maxsize=VERIFY_BACKLOG)
+        self.arrived = set()  # firsts of our requests whose data awaits the verifier
+        self._writer = self._verifier = None
 
     @property
     def name(self):
@@ -82,6 +89,7 @@ class Conn:
                 return
             self.registered = True
             self._writer = gevent.spawn(self._write_loop)
+            self._verifier = gevent.spawn(self._verify_loop)
             self.kick()
             self._read_loop()
         except wire.WireError as e:
@@ -104,10 +112,11 @@ class Conn:
             pass
 
     def _cleanup(self):
-        if self._writer is not None:
-            # Wait for the writer to die: one already woken could otherwise request more pieces
-            # after the release below, and those would stay "requested" forever.
-            self._writer.kill(block=True, timeout=1.0)
+        for g in (self._writer, self._verifier):
+            if g is not None:
+                # Wait for each to die: a writer already woken could otherwise request more pieces
+                # after the release below, and those would stay "requested" forever.
+                g.kill(block=True, timeout=1.0)
         self.sock.close()
         if self.mine_bits:
             self.state.release(self.mine_bits & ~self.state.have)
@@ -138,7 +147,10 @@ class Conn:
         """Exactly n bytes, as a view of a reused buffer (valid until the next call)."""
         if len(self._buf) < n:
             self._buf = bytearray(n)
-        view = memoryview(self._buf)[:n]
+        return self._recv_into(self._buf, n)
+
+    def _recv_into(self, buf, n):
+        view = memoryview(buf)[:n]
         got = 0
         while got < n:
             k = self.sock.recv_into(view[got:])
@@ -207,19 +219,37 @@ class Conn:
     def _on_pieces(self, n):
         info = self.state.info
         first, count = wire.RANGE.unpack(self._recv(wire.RANGE.size))
-        if self.mine.get(first, (None,))[0] != count:
+        if self.mine.get(first, (None,))[0] != count or first in self.arrived:
             raise wire.WireError(f"pieces {first}+{count} were not requested")
-        if n - wire.RANGE.size != info.span(first, count)[1]:
-            raise wire.WireError(f"pieces {first}+{count} carry {n - wire.RANGE.size} bytes")
-        data = self._recv(n - wire.RANGE.size)
-        good = self.node.storage.write(first, data, skip=self.state.have)
-        # Only now is the request done: while the pool hashed, these pieces stayed "mine", so the
-        # endgame could not ask this same peer for them again.
-        del self.mine[first]
-        span = _span(first, count)
-        self.mine_bits &= ~span
-        self._account(first, count, span, good, len(data))
-        self.kick()
+        nbytes = n - wire.RANGE.size
+        if nbytes != info.span(first, count)[1]:
+            raise wire.WireError(f"pieces {first}+{count} carry {nbytes} bytes")
+        buf = self._spare.pop() if self._spare and len(self._spare[-1]) >= nbytes else bytearray(nbytes)
+        self._recv_into(buf, nbytes)
+        self.arrived.add(first)
+        self._verify_q.put((first, count, buf, nbytes))  # waits while the verifier is behind
+
+    def _verify_loop(self):
+        try:
+            while True:
+                first, count, buf, nbytes = self._verify_q.get()
+                with memoryview(buf) as view:
+                    good = self.node.storage.write(first, view[:nbytes], skip=self.state.have)
+                if len(self._spare) < SPARE_BUFFERS:
+                    self._spare.append(buf)
+                # Only now is the request done: while the pool hashed, these pieces stayed "mine",
+                # so the endgame could not ask this same peer for them again.
+                del self.mine[first]
+                self.arrived.discard(first)
+                span = _span(first, count)
+                self.mine_bits &= ~span
+                self._account(first, count, span, good, nbytes)
+                self.kick()
+        except Closed as e:
+            self.close(str(e))
+        except OSError as e:
+            log.error("write_failed", path=self.node.config.data_path, why=str(e), result="closing")
+            self.close(f"data file write failed: {e}")
 
     def _account(self, first, count, span, good, nbytes):
         s = self.state
@@ -373,7 +403,7 @@ class Conn:
     def check(self, now):
         """Close the link if the peer stalls (on our requests, or by not reading what we send),
         falls silent, or has nothing left to exchange with us."""
-        if any(deadline < now for _, deadline in self.mine.values()):
+        if any(deadline < now for first, (_, deadline) in self.mine.items() if first not in self.arrived):
             log.warning("peer_stalled", peer=self.name, outstanding=len(self.mine), result="closing")
             self.close("request timed out")
             return

@@ -31,6 +31,20 @@ def good_pieces(info, first, data, skip=0):
     return good
 
 
+def zero_pieces(info, first, count):
+    """Bitset of pieces first.. that are correct if they hold only zero bytes (a rare file, but
+    a hole left by ftruncate must still count when its expected content is zeros)."""
+    zero = {}
+    good = 0
+    for i in range(first, first + count):
+        n = info.piece_len(i)
+        if n not in zero:
+            zero[n] = hashlib.sha1(bytes(n)).digest()
+        if info.hashes[i] == zero[n]:
+            good |= 1 << i
+    return good
+
+
 def _count(info, first, nbytes):
     last_end = first * info.piece_size + nbytes
     return -(-last_end // info.piece_size) - first
@@ -41,13 +55,14 @@ class Storage:
         self.path = path
         self.info = info
         self.fd = None
+        self.size_before = 0  # bytes the file held before we sized it; beyond that it is zeros
         self._dirty = False
         self._syncer = None
 
     def open(self):
         """Open (creating if missing) and size the file to exactly info.size bytes."""
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        before = os.fstat(self.fd).st_size
+        before = self.size_before = os.fstat(self.fd).st_size
         if before != self.info.size:
             os.ftruncate(self.fd, self.info.size)
         log.info("storage_open", path=self.path, size=self.info.size, size_before=before,
@@ -68,6 +83,8 @@ class Storage:
 
     def _check_batch(self, first, count):
         offset, length = self.info.span(first, count)
+        if offset >= self.size_before:
+            return zero_pieces(self.info, first, count)  # ftruncate made these: nothing to read
         data = os.pread(self.fd, length, offset)
         return good_pieces(self.info, first, memoryview(data))
 
@@ -84,6 +101,7 @@ class Storage:
                 start, n = self.info.span(run_first, run_count)
                 os.pwrite(self.fd, data[start - base:start - base + n], start)
             self._dirty = True
+            self.size_before = self.info.size  # no longer all zeros past the old end
         return good
 
     def sendfile(self, sock, first, count):

@@ -293,3 +293,21 @@ def test_sendfile_sends_the_pieces_bytes(opened):
     finally:
         a.close()
         b.close()
+
+
+def test_zero_pieces_past_the_old_end_count_without_reading(tmp_path):
+    """An empty or missing file is not read back after ftruncate; pieces whose expected content
+    is all zeros still count as held (they are correct), others are missing."""
+    data = bytes(4096) + os.urandom(4096) + bytes(1000)
+    info = FileInfo(len(data), 4096, tuple(hashlib.sha1(data[i:i + 4096]).digest()
+                                           for i in range(0, len(data), 4096)))
+    path = tmp_path / "data.bin"
+    st = Storage(str(path), info)
+    st.open()
+    try:
+        got = []
+        st.scan(lambda first, count, good: got.append(good))
+        assert got[0] == bits(0, 2)  # pieces 0 and 2 are zeros and match; piece 1 does not
+        assert path.stat().st_size == len(data)
+    finally:
+        st.close()
