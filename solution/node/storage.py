@@ -55,7 +55,8 @@ class Storage:
         self.path = path
         self.info = info
         self.fd = None
-        self.size_before = 0  # bytes the file held before we sized it; beyond that it is zeros
+        self.size_before = 0  # bytes the file held before we sized it; beyond that it is zeros...
+        self.written = 0  # ...except for pieces we wrote since (bitset)
         self._dirty = False
         self._syncer = None
 
@@ -83,7 +84,7 @@ class Storage:
 
     def _check_batch(self, first, count):
         offset, length = self.info.span(first, count)
-        if offset >= self.size_before:
+        if offset >= self.size_before and not self.written >> first & ((1 << count) - 1):
             return zero_pieces(self.info, first, count)  # ftruncate made these: nothing to read
         data = os.pread(self.fd, length, offset)
         return good_pieces(self.info, first, memoryview(data))
@@ -101,7 +102,7 @@ class Storage:
                 start, n = self.info.span(run_first, run_count)
                 os.pwrite(self.fd, data[start - base:start - base + n], start)
             self._dirty = True
-            self.size_before = self.info.size  # no longer all zeros past the old end
+            self.written |= good
         return good
 
     def sendfile(self, sock, first, count):
