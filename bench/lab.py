@@ -1,0 +1,116 @@
+"""The emulated LAN: N hosts as network namespaces joined by a bridge in a namespace of its own.
+
+What lives here: creating and deleting the namespaces, and the argv that runs a program on a host.
+Nothing else in bench/ touches the network.
+
+Safety rules this module keeps (the host's own network is never touched):
+- Every object is named with PREFIX; on start, leftovers with that prefix are deleted first.
+- Nothing is created in the root namespace: the veth pairs are made from inside the bridge
+  namespace (`ip -n BR link add vI type veth peer name eth0 netns HOST_I`), so one end is born in
+  the bridge namespace and the other is moved straight into the host namespace.
+- The subnet (SUBNET) exists only inside those namespaces; no route, address or NAT is added
+  anywhere else, so traffic can only go between the lab's own hosts.
+- `Lab` is a context manager: `__exit__` deletes every namespace it created, by name. Deleting a
+  namespace destroys the interfaces in it, and a veth dies with its peer.
+- Every `ip` call is bounded in time (IP_TIMEOUT_S).
+"""
+
+import subprocess
+
+PREFIX = "p2pb-"  # every namespace the lab creates starts with this
+BRIDGE_NS = PREFIX + "br"  # the namespace that holds the bridge and the host-side veth ends
+SUBNET = "10.77.0"  # a private /24 that exists only inside the lab's namespaces
+FIRST_HOST = 2  # host i gets SUBNET.(i + FIRST_HOST); .1 is left unused (no gateway: no way out)
+MAX_HOSTS = 200  # addresses .2 .. .201 fit in the /24
+IP_TIMEOUT_S = 20  # one `ip` command (a batch of 60 hosts' links takes well under a second)
+
+
+def _ip(*args, stdin=None):
+    """Run `ip ARGS`; raise with ip's own message when it fails."""
+    r = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True, timeout=IP_TIMEOUT_S)
+    if r.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def our_namespaces():
+    """Names of existing namespaces that carry the lab's prefix (ours, maybe from a crashed run)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                         timeout=IP_TIMEOUT_S).stdout
+    names = (line.split()[0] for line in out.splitlines() if line.strip())
+    return [n for n in names if n.startswith(PREFIX)]
+
+
+def delete_namespaces(names):
+    """Delete the given namespaces (all must carry PREFIX); errors are collected, not raised."""
+    errors = []
+    for name in names:
+        assert name.startswith(PREFIX), name  # never delete anything that is not ours
+        r = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True,
+                           timeout=IP_TIMEOUT_S)
+        if r.returncode != 0 and name in our_namespaces():
+            errors.append(f"{name}: {r.stderr.strip()}")
+    return errors
+
+
+def cleanup_leftovers():
+    """Delete namespaces a previous run left behind (it was killed before its own cleanup)."""
+    left = our_namespaces()
+    if left:
+        print(f"lab: deleting {len(left)} leftover namespaces with prefix {PREFIX}")
+        delete_namespaces(left)
+
+
+class Lab:
+    """`with Lab(n) as lab:` -> hosts lab.ns[i] with address lab.ip[i], all on one bridge."""
+
+    def __init__(self, n):
+        if not 1 <= n <= MAX_HOSTS:
+            raise ValueError(f"1..{MAX_HOSTS} hosts, not {n}")
+        self.n = n
+        self.ns = [f"{PREFIX}h{i}" for i in range(n)]
+        self.ip = [f"{SUBNET}.{i + FIRST_HOST}" for i in range(n)]
+        self._created = []
+
+    def __enter__(self):
+        cleanup_leftovers()
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _add_ns(self, name):
+        _ip("netns", "add", name)
+        self._created.append(name)
+
+    def _build(self):
+        self._add_ns(BRIDGE_NS)
+        for name in self.ns:
+            self._add_ns(name)
+        # Inside the bridge namespace: the bridge, and one veth pair per host whose far end goes
+        # straight into that host's namespace as eth0. One batch keeps this to one `ip` process.
+        cmds = ["link add br0 type bridge", "link set br0 up", "link set lo up"]
+        for i, name in enumerate(self.ns):
+            cmds += [f"link add v{i} type veth peer name eth0 netns {name}",
+                     f"link set v{i} master br0", f"link set v{i} up"]
+        _ip("-n", BRIDGE_NS, "-batch", "-", stdin="\n".join(cmds) + "\n")
+        for name, addr in zip(self.ns, self.ip):
+            _ip("-n", name, "-batch", "-",
+                stdin=f"link set lo up\naddr add {addr}/24 dev eth0\nlink set eth0 up\n")
+
+    def close(self):
+        """Delete every namespace this lab created (hosts first, then the bridge)."""
+        names, self._created = list(reversed(self._created)), []
+        errors = delete_namespaces(names)
+        if errors:
+            print("lab: could not delete: " + "; ".join(errors))
+
+    def argv(self, i, cmd):
+        """argv that runs `cmd` on host i. `ip netns exec` execs `cmd` in place, so the PID that
+        Popen returns is the program's own (the bench stops and signals it by that PID)."""
+        return ["ip", "netns", "exec", self.ns[i], *cmd]

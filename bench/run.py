@@ -1,0 +1,336 @@
+"""Benchmark: our node vs libtorrent on an emulated LAN, plus the machine's ideal pipeline.
+
+    python3 bench/run.py [--scenarios S1,S5] [--runs 3] [--impl ours,libtorrent] [--out DIR]
+
+What lives here: the command line, the barrier and timing of one swarm run, the ideal-pipeline runs,
+and the order of everything. Namespaces: lab.py. Files and layouts: scenarios.py. Tables and the
+chart: report.py. Must run as root (network namespaces) with the bench venv's python (see README).
+
+One timed run: lay out the host files, write+delete as much as the run will write, spawn one
+process per host, SIGSTOP each as soon as it prints `event=listening`, SIGCONT all at once when all
+listen, and time until every process printed `event=complete`; then read each node's peak RSS,
+SIGTERM them (by PID), and check every host's file against the seed's SHA-1 (a wrong file fails
+the bench).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import lab  # noqa: E402
+import report  # noqa: E402
+from scenarios import GiB, SCENARIOS, Seed, prewrite  # noqa: E402
+
+ROOT = os.path.dirname(HERE)
+SOLUTION = os.path.join(ROOT, "solution")
+PORT = 6881  # every host listens on the same port (the SPEC's Peers are bare IPs)
+LISTEN_TIMEOUT_S = 60  # spawn -> all listening (60 Python processes on 2 cores take ~10 s)
+SYNC_TIMEOUT_S = 120  # SIGCONT -> all complete; libtorrent needs ~3 s for the slowest scenario
+STOP_TIMEOUT_S = 10  # SIGTERM -> exit, then SIGKILL
+PIPE_SIZE = 1 * GiB  # the ideal pipeline moves this much, in 256 KiB pieces (issue 4)
+PIPE_PIECE = 256 << 10
+PIPE_RUNS = 3  # per pipeline variant; the median is used
+QUIET_LOAD = 1.5  # loadavg(1 min) below which the machine counts as quiet
+IMPLS = ("ours", "libtorrent")
+
+
+def node_cmd(impl, py, data, conf, ip):
+    """(argv, cwd) of one node on one host."""
+    if impl == "ours":
+        return [py, "-m", "node", "--data", data, "--conf", conf, "--state", data + ".state.json",
+                "--bind", ip, "--port", str(PORT), "--discovery", "off", "--log-level", "info"], SOLUTION
+    return [py, os.path.join(HERE, "lt_node.py"), "--data", data, "--conf", conf,
+            "--bind", ip, "--port", str(PORT)], HERE
+
+
+class Proc:
+    """One node process and the timestamps of its lines; a reader thread SIGSTOPs it when it
+    listens (the barrier) and notes when it completes."""
+
+    def __init__(self, argv, cwd, on_event):
+        self.t_spawn = time.monotonic()
+        self.p = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
+        self.pid = self.p.pid
+        self.t_listen = self.t_complete = None
+        self.lines = []
+        self._on_event = on_event
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            now = time.monotonic()
+            self.lines.append(line.decode(errors="replace").rstrip())
+            if self.t_listen is None and b"event=listening" in line:
+                os.kill(self.pid, signal.SIGSTOP)  # held here until every host listens
+                self.t_listen = now
+                self._on_event()
+            elif self.t_complete is None and b"event=complete" in line:
+                self.t_complete = now
+                self._on_event()
+        self._on_event()  # EOF: the process died or was stopped
+
+    def peak_rss_mb(self):
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return None
+
+    def stop(self):
+        """SIGTERM, wait, SIGKILL if needed; returns the exit code (-9 if it had to be killed)."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGCONT)  # in case the run failed while it was held
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            self.p.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(STOP_TIMEOUT_S)
+        self._reader.join(STOP_TIMEOUT_S)
+        return self.p.returncode
+
+
+def wait_until(cond, cv, timeout, procs, what):
+    deadline = time.monotonic() + timeout
+    with cv:
+        while not cond():
+            dead = [i for i, pr in enumerate(procs) if pr.p.poll() is not None]
+            if dead:
+                raise RunError(f"host {dead[0]} exited (code {procs[dead[0]].p.returncode}) before {what}",
+                               procs)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RunError(f"timeout: not all hosts {what} within {timeout} s", procs)
+            cv.wait(min(left, 0.5))
+
+
+class RunError(Exception):
+    def __init__(self, msg, procs):
+        super().__init__(msg)
+        self.procs = procs
+
+
+def swarm_run(lab_, seed, impl, py, workdir, logdir, tag):
+    """One timed run of one scenario with one implementation -> a result dict."""
+    sc = seed.sc
+    rundir = os.path.join(workdir, "run")
+    shutil.rmtree(rundir, ignore_errors=True)
+    os.makedirs(rundir)
+    paths = seed.prepare(rundir, lab_.ip[:sc.nodes], PORT)
+    prewrite(workdir, seed.bytes_to_move())
+    cv = threading.Condition()
+
+    def poke():
+        with cv:
+            cv.notify_all()
+
+    load_before = os.getloadavg()[0]
+    procs = []
+    try:
+        for h, (data, conf) in enumerate(paths):
+            argv, cwd = node_cmd(impl, py, data, conf, lab_.ip[h])
+            procs.append(Proc(lab_.argv(h, argv), cwd, poke))
+        wait_until(lambda: all(pr.t_listen for pr in procs), cv, LISTEN_TIMEOUT_S, procs, "listened")
+        t_cont = time.monotonic()
+        for pr in procs:
+            os.kill(pr.pid, signal.SIGCONT)
+        wait_until(lambda: all(pr.t_complete for pr in procs), cv, SYNC_TIMEOUT_S, procs, "completed")
+        t_done = max(pr.t_complete for pr in procs)
+        rss = [pr.peak_rss_mb() for pr in procs]
+    except RunError as e:
+        for pr in procs:
+            pr.stop()
+        _save_logs(logdir, tag, procs)
+        raise SystemExit(f"bench: {tag}: {e} (logs in {logdir})")
+    finally:
+        codes = [pr.stop() for pr in procs]
+    _save_logs(logdir, tag, procs)
+    bad = [(h, why) for h, (data, _) in enumerate(paths) if (why := seed.check(data))]
+    if bad:
+        raise SystemExit(f"bench: {tag}: WRONG FILE on host {bad[0][0]}: {bad[0][1]} "
+                         f"({len(bad)} hosts wrong; logs in {logdir})")
+    shutil.rmtree(rundir)
+    startup = [pr.t_listen - pr.t_spawn for pr in procs]
+    r = {"scenario": sc.name, "impl": impl, "sync_s": t_done - t_cont,
+         "from_spawn_s": t_done - min(pr.t_spawn for pr in procs),
+         "startup_med_s": statistics.median(startup), "startup_max_s": max(startup),
+         "first_complete_s": min(pr.t_complete for pr in procs) - t_cont,
+         "peak_rss_mb": max((x for x in rss if x is not None), default=None),
+         "exit_codes": sorted(set(codes)), "load1": load_before}
+    print(f"  {tag:<22} sync {r['sync_s']:7.3f} s  from spawn {r['from_spawn_s']:7.3f} s  "
+          f"start-up med {r['startup_med_s']:.3f} s  peak RSS {r['peak_rss_mb'] or 0:.0f} MB  "
+          f"exit {r['exit_codes']}", flush=True)
+    return r
+
+
+def _save_logs(logdir, tag, procs):
+    for h, pr in enumerate(procs):
+        with open(os.path.join(logdir, f"{tag}-h{h}.log"), "w") as f:
+            f.write("\n".join(pr.lines) + "\n")
+
+
+def pipeline_run(lab_, py, workdir, threads):
+    """One ideal-pipeline run: host 1 receives from host 0 -> the receiver's JSON result."""
+    out = os.path.join(workdir, "pipeline.bin")
+    prewrite(workdir, PIPE_SIZE)
+    script = os.path.join(HERE, "pipeline.py")
+    recv = subprocess.Popen(lab_.argv(1, [py, script, "recv", "--bind", lab_.ip[1], "--out", out,
+                                          "--size", str(PIPE_SIZE), "--piece", str(PIPE_PIECE),
+                                          "--threads", str(threads)]),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        if "listening" not in recv.stdout.readline():
+            raise SystemExit("bench: pipeline receiver did not start")
+        send = subprocess.run(lab_.argv(0, [py, script, "send", "--to", lab_.ip[1],
+                                            "--size", str(PIPE_SIZE)]), timeout=SYNC_TIMEOUT_S)
+        res = json.loads(recv.stdout.readline())
+        recv.wait(STOP_TIMEOUT_S)
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.wait()
+        if os.path.exists(out):
+            os.unlink(out)
+    if send.returncode != 0:
+        raise SystemExit("bench: pipeline sender failed")
+    print(f"  pipeline {threads} thread(s): last pwrite {res['write_s']:.3f} s, "
+          f"with fsync {res['fsync_s']:.3f} s", flush=True)
+    return res
+
+
+def wait_quiet(limit_s):
+    """Wait (up to limit_s) for loadavg(1) < QUIET_LOAD and no running Docker containers."""
+    t0 = time.monotonic()
+    while True:
+        load = os.getloadavg()[0]
+        containers = docker_containers()
+        if load < QUIET_LOAD and not containers:
+            return
+        if time.monotonic() - t0 >= limit_s:
+            print(f"bench: machine still busy (load {load:.2f}, {containers} containers); going on")
+            return
+        print(f"bench: waiting for a quiet machine (load {load:.2f}, {containers} containers)", flush=True)
+        time.sleep(15)
+
+
+def docker_containers():
+    try:
+        out = subprocess.run(["docker", "ps", "-q"], capture_output=True, text=True, timeout=10).stdout
+        return len(out.split())
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list, e.g. S1,S5")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per scenario and implementation")
+    p.add_argument("--impl", default=",".join(IMPLS), help="ours,libtorrent")
+    p.add_argument("--no-pipeline", action="store_true", help="skip the ideal-pipeline runs")
+    p.add_argument("--out", help="where bench.md/bench.png go (default: docs/ for a full run, "
+                                 "else bench/out/)")
+    p.add_argument("--tmp", default="/var/tmp", help="parent of the work dir (on disk, not tmpfs)")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="SECS",
+                   help=f"first wait up to SECS for load < {QUIET_LOAD} and no Docker containers")
+    a = p.parse_args(argv)
+    a.scenarios = [s.strip().upper() for s in a.scenarios.split(",") if s.strip()]
+    a.impl = [s.strip() for s in a.impl.split(",") if s.strip()]
+    for s in a.scenarios:
+        if s not in SCENARIOS:
+            p.error(f"unknown scenario {s} (have {', '.join(SCENARIOS)})")
+    for s in a.impl:
+        if s not in IMPLS:
+            p.error(f"unknown implementation {s} (have {', '.join(IMPLS)})")
+    full = set(a.scenarios) == set(SCENARIOS) and set(a.impl) == set(IMPLS) and not a.no_pipeline
+    a.out = a.out or os.path.join(ROOT, "docs" if full else "bench/out")
+    return a
+
+
+def preflight(impls):
+    if os.geteuid() != 0:
+        raise SystemExit("bench: needs root (network namespaces); run as root or with sudo")
+    if shutil.which("ip") is None:
+        raise SystemExit("bench: needs iproute2 (`ip`); apt-get install iproute2")
+    if "libtorrent" in impls:
+        r = subprocess.run([sys.executable, "-c", "import libtorrent; print(libtorrent.__version__)"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit("bench: libtorrent does not import in the bench venv "
+                             f"({sys.executable}): {r.stderr.strip().splitlines()[-1:]}")
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)  # a killed bench still deletes its namespaces
+    preflight(a.impl)
+    if a.wait_quiet:
+        wait_quiet(a.wait_quiet)
+    py = sys.executable  # the bench venv's python runs the bench, our nodes and lt_node alike
+    meta = report.machine_info(ROOT, a.impl)
+    meta["load_before"] = os.getloadavg()
+    meta["docker_containers"] = docker_containers()
+    scs = [SCENARIOS[s] for s in a.scenarios]
+    workdir = tempfile.mkdtemp(prefix=lab.PREFIX, dir=a.tmp)
+    logdir = os.path.join(ROOT, "bench", "out", "logs")
+    os.makedirs(logdir, exist_ok=True)
+    t0 = time.monotonic()
+    results, pipes = [], {1: [], 2: []}
+    try:
+        print(f"bench: work dir {workdir} ({report.fs_type(workdir)}); logs in {logdir}", flush=True)
+        with lab.Lab(max([2] + [sc.nodes for sc in scs])) as lab_:
+            if not a.no_pipeline:
+                for _ in range(PIPE_RUNS):
+                    for threads in (1, 2):
+                        pipes[threads].append(pipeline_run(lab_, py, workdir, threads))
+            for sc in scs:
+                print(f"{sc.name}: {sc.describe()}", flush=True)
+                seed = Seed(sc, workdir)
+                for run in range(a.runs):
+                    for impl in a.impl:  # interleaved, so drift in the machine hits both alike
+                        results.append(swarm_run(lab_, seed, impl, py, workdir, logdir,
+                                                 f"{sc.name}-{impl}-{run + 1}"))
+                results_bytes = seed.bytes_to_move()
+                for r in results:
+                    if r["scenario"] == sc.name:
+                        r["bytes_to_move"] = results_bytes
+                os.unlink(seed.path)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta["load_after"] = os.getloadavg()
+    meta["bench_s"] = time.monotonic() - t0
+    data = {"meta": meta, "pipeline": pipes, "runs": results,
+            "scenarios": {sc.name: sc.describe() for sc in scs}}
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(ROOT, "bench", "out", "results.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    md = report.markdown(data)
+    with open(os.path.join(a.out, "bench.md"), "w") as f:
+        f.write(md)
+    report.chart(data, os.path.join(a.out, "bench.png"))
+    print()
+    print(md)
+    print(f"bench: wrote {a.out}/bench.md and bench.png in {meta['bench_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
