@@ -1,8 +1,7 @@
 """Fixtures of the container tests: skip cleanly without Docker, fail clearly without the image,
 and a `swarm` runner that executes a plan, reports it and asserts it passed.
 
-Scenarios the node does not support yet (markers `restarts`, `discovery`) are skipped unless
-selected explicitly (`-m restarts`) or SWARM_FUTURE=1.
+Deselect groups by marker (pytest.ini): -m "not scale", -m "not restarts and not discovery".
 """
 import os
 import signal
@@ -13,8 +12,6 @@ from . import docker_cli as dc
 from .harness import DEFAULT_IMAGE, SwarmRun
 from .report import append_jsonl, line
 
-FUTURE_MARKERS = ("restarts", "discovery")
-
 
 def _sigterm(_signo, _frame):
     raise KeyboardInterrupt  # unwind through the runs' cleanup, as Ctrl-C does
@@ -24,18 +21,6 @@ def pytest_configure(config):
     """SIGTERM (CI cancelling a job, `timeout`) cleans up like Ctrl-C instead of leaking."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _sigterm)
-
-
-def pytest_collection_modifyitems(config, items):
-    selected = config.getoption("-m") or ""
-    if os.environ.get("SWARM_FUTURE") == "1":
-        return
-    for item in items:
-        for marker in FUTURE_MARKERS:
-            if item.get_closest_marker(marker) and marker not in selected:
-                item.add_marker(pytest.mark.skip(
-                    reason=f"'{marker}' scenario not required yet; select with -m {marker} "
-                           f"or SWARM_FUTURE=1"))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The SPEC scenarios against the real image: a few fixed seeds each (reproducible in CI), plus
 the two full-scale simple-extra runs. SWARM_SEED_BASE=<n> shifts every seed to explore new
-random instances. The default selection took ~2.5 minutes on 2 cores (budget: 10).
+random instances. All of it took ~3 minutes on 2 cores (budget: 10).
 """
 import os
 
