@@ -62,3 +62,17 @@ status: venv
 
 logs: venv
 	$(VENV_PY) tools/local_swarm.py logs $(if $(LEVEL),--level $(LEVEL)) $(if $(NODE),--node $(NODE))
+
+# -- benchmark: our node vs libtorrent on an emulated LAN (bench/README.md; root, iproute2) ----------
+BENCH_VENV := bench/.venv
+BENCH_ARGS ?= --wait-quiet 300
+
+$(BENCH_VENV)/.installed: bench/requirements.txt solution/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q -r bench/requirements.txt
+	$(BENCH_VENV)/bin/python -c "import libtorrent, gevent, ujson, matplotlib"
+	touch $@
+
+.PHONY: bench
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)

@@ -7,6 +7,7 @@ saves as bench/out/results.json), so `python3 bench/report.py bench/out/results.
 
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -158,6 +159,7 @@ def chart(data, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     agg, pipe = aggregate(data)
     names = list(agg)
@@ -184,7 +186,11 @@ def chart(data, path):
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([f"{sc}\n{SCENARIOS[sc].nodes}×{human(SCENARIOS[sc].size)}\n"
                         f"{human(SCENARIOS[sc].piece)}" for sc in names], fontsize=8)
-    ax.set_yscale("log")
+    ax.set_yscale("log")  # S1 takes seconds, S6 a tenth of one: both readable on one axis
+    lows = [st[1] for sc in names for i in impls if (st := agg[sc].get(i, {}).get("sync_s"))]
+    if lows:
+        ax.set_ylim(bottom=10 ** math.floor(math.log10(min(lows))))  # bars start below every value
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_ylabel("seconds to sync every node (log scale; lower is better)")
     ax.set_title(f"Time to sync, median of runs (bars: min–max) — {data['meta']['date']}", fontsize=10)
     ax.legend(fontsize=8)
