@@ -44,11 +44,15 @@ QUIET_LOAD = 1.5  # loadavg(1 min) below which the machine counts as quiet
 IMPLS = ("ours", "libtorrent")
 
 
+NODE_LOG_LEVEL = "info"  # our node's log level (--node-log-level debug to diagnose a slow run)
+
+
 def node_cmd(impl, py, data, conf, ip):
     """(argv, cwd) of one node on one host."""
     if impl == "ours":
         return [py, "-m", "node", "--data", data, "--conf", conf, "--state", data + ".state.json",
-                "--bind", ip, "--port", str(PORT), "--discovery", "off", "--log-level", "info"], SOLUTION
+                "--bind", ip, "--port", str(PORT), "--discovery", "off",
+                "--log-level", NODE_LOG_LEVEL], SOLUTION
     return [py, os.path.join(HERE, "lt_node.py"), "--data", data, "--conf", conf,
             "--bind", ip, "--port", str(PORT)], HERE
 
@@ -247,6 +251,7 @@ def parse_args(argv):
     p.add_argument("--tmp", default="/var/tmp", help="parent of the work dir (on disk, not tmpfs)")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECS",
                    help=f"first wait up to SECS for load < {QUIET_LOAD} and no Docker containers")
+    p.add_argument("--node-log-level", default="info", help="our node's --log-level (info keeps logs small)")
     a = p.parse_args(argv)
     a.scenarios = [s.strip().upper() for s in a.scenarios.split(",") if s.strip()]
     a.impl = [s.strip() for s in a.impl.split(",") if s.strip()]
@@ -279,7 +284,9 @@ def _interrupted(signum, frame):
 
 
 def main(argv=None):
+    global NODE_LOG_LEVEL
     a = parse_args(argv)
+    NODE_LOG_LEVEL = a.node_log_level
     signal.signal(signal.SIGTERM, _interrupted)  # a killed bench still deletes its namespaces
     preflight(a.impl)
     if a.wait_quiet:
