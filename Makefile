@@ -14,7 +14,7 @@ VENV_PY    := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
 .PHONY: help venv base-image image test test-unit test-swarm test-swarm-full compose-files \
-        compose-test local-swarm swarm-down logs status clean
+        compose-test swarm-clean local-swarm swarm-down logs status clean bench
 
 help:
 	@echo "make local-swarm N=10   build the image and sync a file across N containers"
@@ -46,6 +46,18 @@ test-unit: venv
 
 test-swarm: venv image
 	IMAGE=$(IMAGE) $(VENV_PY) -m pytest -q -s tests/swarm
+
+test-swarm-full: venv image          # another random set of scenario instances
+	IMAGE=$(IMAGE) SWARM_SEED_BASE=$$RANDOM $(VENV_PY) -m pytest -q -s tests/swarm
+
+compose-files:
+	$(PYTHON) scripts/compose-files.py --size $(SIZE) --piece $(PIECE)
+
+compose-test: image
+	IMAGE=$(IMAGE) SIZE=$(SIZE) PIECE=$(PIECE) bash scripts/compose-test.sh
+
+swarm-clean:                         # remove what a killed test run left behind
+	$(PYTHON) -m tests.swarm.run --cleanup-stale
 
 clean:
 	rm -rf $(VENV) tmp .pytest_cache

@@ -1,11 +1,17 @@
 """`python3 -m node [flags]` runs a node; `python3 -m node status HOST[:PORT]` asks one for its status.
 argv -> Config -> main.run(); this module only maps outcomes to exit codes."""
 
-from gevent import monkey
+import os
+import signal
+
+# As PID 1 in a container the node ignores any signal it has no handler for. Until main.run()
+# installs the real (gevent) handlers, a SIGTERM must still stop it: nothing is open yet.
+signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+from gevent import monkey  # noqa: E402
 
 monkey.patch_all()
 
-import os  # noqa: E402
 import sys  # noqa: E402
 
 from .config import ConfigError, load  # noqa: E402

@@ -25,6 +25,7 @@ CONNECT_TIMEOUT_S = 2.0  # peers share a LAN: a connect that takes longer is to 
 DIAL_INTERVAL_S = 0.5  # the dialer also wakes at once when slots free up or peers appear
 HOUSEKEEPING_S = 1.0  # how often stalled and useless links are looked for
 BAN_S = 60.0  # a peer that sent bad pieces repeatedly is ignored this long
+STOP_GRACE_S = 0.1  # at shutdown, links get this long to end cleanly before they are killed
 BENIGN_ENDS = ("nothing to exchange", "both complete", "idle")  # closed on purpose, not failures
 
 
@@ -57,10 +58,11 @@ class Swarm:
             g.kill(block=False)
         conns = list(self.state.conns.values())
         for c in conns:
-            c.close("shutdown")
+            c.close("shutdown")  # registered links end their own way: EOF, cleanup, log line
+        self.in_pool.join(timeout=STOP_GRACE_S)
+        self.out_pool.join(timeout=STOP_GRACE_S)
         for pool in (self.in_pool, self.out_pool):
-            pool.join(timeout=0.5)
-            pool.kill(block=True, timeout=0.5)
+            pool.kill(block=True, timeout=STOP_GRACE_S)  # handshakes and dials in progress
         log.info("connections_closed", count=len(conns), result="ok")
 
     def wake(self):
