@@ -77,7 +77,10 @@ class Proc:
             now = time.monotonic()
             self.lines.append(line.decode(errors="replace").rstrip())
             if self.t_listen is None and b"event=listening" in line:
-                os.kill(self.pid, signal.SIGSTOP)  # held here until every host listens
+                try:
+                    os.kill(self.pid, signal.SIGSTOP)  # held here until every host listens
+                except ProcessLookupError:
+                    pass  # it died already: wait_until sees that and fails the run
                 self.t_listen = now
                 self._on_event()
             elif self.t_complete is None and b"event=complete" in line:
