@@ -7,9 +7,11 @@ Layout (16 bytes, big-endian):
 
     | magic "P2PB" 4B | version u8 | kind u8 | instance id 8B | TCP port u16 |
 
-kind 1 ANNOUNCE: "I am here" (broadcast every second, and the answer to a probe).
-kind 2 PROBE: "is anyone here?" (unicast to each address of the /24); the receiver learns the
-sender from it and answers with an ANNOUNCE, so both sides learn each other from one exchange.
+kind 1 ANNOUNCE: "I am here", broadcast every second. Hearing one proves broadcast works here.
+kind 2 PROBE: "is anyone here?", unicast to each address of the /24 while broadcast seems not to
+work; the receiver learns the sender from it and answers with a REPLY, so both sides learn each
+other from one exchange.
+kind 3 REPLY: "I am here", unicast, as the answer to a PROBE.
 The instance id is random per process: a restarted peer shows a new one and is redialled at once.
 """
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 MAGIC = b"P2PB"
 VERSION = 1
-ANNOUNCE, PROBE = 1, 2
+ANNOUNCE, PROBE, REPLY = 1, 2, 3
 _LAYOUT = struct.Struct(">4sBB8sH")
 SIZE = _LAYOUT.size
 
@@ -46,7 +48,7 @@ def decode(data):
         raise BeaconError("foreign magic")
     if version != VERSION:
         raise BeaconError(f"version {version}")
-    if kind not in (ANNOUNCE, PROBE):
+    if kind not in (ANNOUNCE, PROBE, REPLY):
         raise BeaconError(f"unknown kind {kind}")
     if port == 0:
         raise BeaconError("port 0")

@@ -119,6 +119,8 @@ class SwarmRun:
                 "-v", f"{conf}:/torrent.conf:ro"]
         if self.log_level:
             args += ["-e", f"NODE_LOG_LEVEL={self.log_level}"]
+        for pair in os.environ.get("SWARM_NODE_ENV", "").split():  # e.g. "NODE_DISCOVERY=off"
+            args += ["-e", pair]
         if node.delivery == "bind":
             args += ["-v", f"{data}:/data.bin"]
         if node.delivery == "copy":

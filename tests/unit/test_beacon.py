@@ -8,12 +8,12 @@ import struct
 import pytest
 
 from node import beacon
-from node.beacon import ANNOUNCE, PROBE, Beacon, BeaconError
+from node.beacon import ANNOUNCE, PROBE, REPLY, Beacon, BeaconError
 
 INSTANCE = b"\x10\x20\x30\x40\x50\x60\x70\x80"
 
 
-@pytest.mark.parametrize("kind", [ANNOUNCE, PROBE])
+@pytest.mark.parametrize("kind", [ANNOUNCE, PROBE, REPLY])
 @pytest.mark.parametrize("port", [1, 6881, 65535])
 def test_round_trip(kind, port):
     packet = beacon.encode(kind, INSTANCE, port)
@@ -53,7 +53,7 @@ def _packet(magic=b"P2PB", version=1, kind=ANNOUNCE, instance=INSTANCE, port=688
     pytest.param(_packet() + b"\x00", id="long"),
     pytest.param(_packet() * 2, id="two-packets"),
     pytest.param(_packet(kind=0), id="kind-0"),
-    pytest.param(_packet(kind=3), id="kind-3"),
+    pytest.param(_packet(kind=4), id="kind-4"),
     pytest.param(_packet(kind=255), id="kind-255"),
     pytest.param(_packet(version=0), id="version-0"),
     pytest.param(_packet(version=2), id="version-2"),
@@ -67,3 +67,9 @@ def test_bad_datagrams_raise_beacon_error(packet):
 def test_beacon_error_is_a_value_error():
     # callers that catch ValueError around decoding still skip bad datagrams
     assert issubclass(BeaconError, ValueError)
+
+
+def test_sweeps_slow_down_after_the_first_few():
+    from node.discovery import SWEEP_REPEAT_S, SWEEP_REPEAT_SLOW_S, sweep_pause
+    assert all(SWEEP_REPEAT_S[0] <= sweep_pause(n) <= SWEEP_REPEAT_S[1] for n in (1, 2))
+    assert sweep_pause(3) == sweep_pause(50) == SWEEP_REPEAT_SLOW_S

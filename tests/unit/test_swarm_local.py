@@ -211,3 +211,25 @@ def test_sigterm_stops_the_process_promptly(tmp_path, torrent_factory):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_announce_is_learned_and_ends_probe_sweeps(swarm, torrent_factory):
+    from gevent import socket
+    from node import beacon
+    t = torrent_factory(1000, 100)
+    node = swarm.start(0, t.conf([]), data=t.data, discovery=True)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.60", swarm.port))
+    try:
+        udp.sendto(beacon.encode(beacon.ANNOUNCE, os.urandom(8), swarm.port), (swarm.ip(0), swarm.port))
+        assert swarm.wait(lambda: ("127.0.0.60", swarm.port) in node.state.peers, 3)
+        assert node.discovery.broadcast_works
+        udp.sendto(beacon.encode(beacon.PROBE, os.urandom(8), swarm.port), (swarm.ip(0), swarm.port))
+        udp.settimeout(3)
+        while True:  # our probe is answered with a REPLY
+            got = beacon.decode(udp.recvfrom(64)[0])
+            if got.kind == beacon.REPLY:
+                break
+        assert got.instance == node.state.node_id
+    finally:
+        udp.close()
