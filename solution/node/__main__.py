@@ -3,24 +3,20 @@ argv -> Config -> main.run(); this module only maps outcomes to exit codes."""
 
 import os
 import signal
+import sys
 
 # As PID 1 in a container the node ignores any signal it has no handler for. Until main.run()
 # installs the real (gevent) handlers, a SIGTERM must still stop it: nothing is open yet.
 signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
-from gevent import monkey  # noqa: E402
-
-monkey.patch_all()
-
-import sys  # noqa: E402
-
-from .config import ConfigError, load  # noqa: E402
-
 
 def main(argv):
     if argv[:1] == ["status"]:
-        from .status import cli
+        from .status import cli  # stdlib sockets, no gevent: a health check must start fast
         return cli(argv[1:])
+    from gevent import monkey
+    monkey.patch_all()  # before anything else imports socket, threading or time
+    from .config import ConfigError, load
     try:
         config = load(argv, os.environ)
     except ConfigError as e:

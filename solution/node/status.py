@@ -1,15 +1,15 @@
 """A node's status: `snapshot(node) -> dict` (pure), and the `python3 -m node status` client.
 
 Rule: snapshot only reads state; the client speaks the same wire protocol as peers (HELLO, then
-STATUS_REQ), so status works on the node's one port with no extra listener.
+STATUS_REQ), so status works on the node's one port with no extra listener. The client uses
+stdlib sockets and never imports gevent, so the image's HEALTHCHECK costs a bare Python start.
 """
 
 import json
 import os
+import socket
 import sys
 import time
-
-from gevent import socket
 
 from . import wire
 from .config import DEFAULT_PORT, parse_address
@@ -52,6 +52,7 @@ def fetch(host, port, timeout=STATUS_TIMEOUT_S):
 
 
 def cli(argv):
+    """Print a node's status; exit 0 when it answered (the HEALTHCHECK's meaning of healthy)."""
     as_json = "--json" in argv
     args = [a for a in argv if a != "--json"]
     if len(args) != 1:

@@ -132,7 +132,7 @@ def test_beacon_decode_only_raises_beacon_error(data):
         b = beacon.decode(data)
     except beacon.BeaconError:
         return
-    assert b.kind in (beacon.ANNOUNCE, beacon.PROBE)
+    assert b.kind in (beacon.ANNOUNCE, beacon.PROBE, beacon.REPLY)
     assert len(b.instance) == 8
     assert 0 < b.port < 65536
     assert beacon.encode(b.kind, b.instance, b.port) == bytes(data)
