@@ -121,6 +121,7 @@ class SwarmRun:
             args += ["-e", f"NODE_LOG_LEVEL={self.log_level}"]
         for pair in os.environ.get("SWARM_NODE_ENV", "").split():  # e.g. "NODE_DISCOVERY=off"
             args += ["-e", pair]
+        args += os.environ.get("SWARM_DOCKER_ARGS", "").split()  # e.g. "--no-healthcheck"
         if node.delivery == "bind":
             args += ["-v", f"{data}:/data.bin"]
         if node.delivery == "copy":
