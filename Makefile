@@ -64,7 +64,7 @@ clean:
 
 # -- the local swarm (tools/local_swarm.py; swarm/compose.yml) ---------------------------------
 local-swarm: venv image
-	$(VENV_PY) tools/local_swarm.py up --n $(N) --size $(SIZE) --piece $(PIECE)
+	$(VENV_PY) tools/local_swarm.py up --n $(N) --size $(SIZE) --piece $(PIECE) $(if $(CHART),--chart $(CHART))
 
 swarm-down: venv
 	$(VENV_PY) tools/local_swarm.py down

@@ -91,7 +91,7 @@ def node_status(cid):
 
 
 def gather(nodes, pool):
-    return dict(zip([n for n, _ in nodes], pool.map(lambda nc: _safe_status(nc[1]), nodes)))
+    return dict(zip([short(n) for n, _ in nodes], pool.map(lambda nc: _safe_status(nc[1]), nodes)))
 
 
 def _safe_status(cid):
@@ -134,7 +134,7 @@ class SwarmWatch:
         for line in self._proc.stdout:
             name, sep, rest = line.partition("|")
             if sep:
-                self.feed(name.strip(), parse_logfmt(rest))
+                self.feed(short(name.strip()), parse_logfmt(rest))
 
     def feed(self, name, f):
         event, ts = f.get("event"), f.get("ts")
@@ -142,8 +142,12 @@ class SwarmWatch:
             return
         with self._lock:
             n = self.nodes.setdefault(name, {"have": 0, "pieces": 0, "bytes_in": 0, "bytes_out": 0,
-                                             "peers": 0, "done_at": None, "history": []})
+                                             "peers": 0, "started_at": None, "done_at": None,
+                                             "history": []})
             t = parse_ts(ts)
+            if event == "listening":
+                n["started_at"] = t
+                return
             if event == "file_info" and "pieces" in f:
                 n["pieces"] = int(f["pieces"])
             elif event == "scan_done":
@@ -207,6 +211,12 @@ def watch_rows(snapshot, t0):
     return {name: dict(n, done=(n["done_at"] - t0) if n["done_at"] else None) for name, n in snapshot.items()}
 
 
+def first_start(snapshot, default):
+    """When the first node started listening: the swarm's time zero (compose's own start-up of
+    the containers comes before it and is not the nodes' doing)."""
+    return min((n["started_at"] for n in snapshot.values() if n["started_at"]), default=default)
+
+
 def status_rows(statuses):
     return {name: st and {"have": st["have"], "pieces": st["pieces"], "bytes_in": st["bytes_in"],
                           "bytes_out": st["bytes_out"], "peers": st["peers_connected"],
@@ -221,11 +231,12 @@ def verify(nodes, expected, pool):
     return [(name, got == expected) for name, got in pool.map(one, nodes)]
 
 
-def summary(rows, size):
+def summary(rows, size, up_s):
     wall = max(r["done"] for r in rows.values())
     moved = sum(r["bytes_in"] for r in rows.values())
     return render(rows, f"{len(rows)} nodes verified · {size / 1e6:.1f} MB file · last node done "
-                        f"{wall:.2f}s after the swarm started · {moved / 1e6:.1f} MB moved · "
+                        f"{wall:.2f}s after the first node started (compose took {up_s:.1f}s to "
+                        f"start them) · {moved / 1e6:.1f} MB moved · "
                         f"{moved / 1e6 / max(wall, 1e-9):.1f} MB/s aggregate")
 
 
@@ -238,15 +249,16 @@ def cmd_up(args):
     compose("down", "--remove-orphans", "-t", "2", capture_output=True, check=False)
     console.print(f"[bold]local swarm[/]: {args.n} nodes, {size / 1e6:.1f} MB file, "
                   f"{piece} B pieces, sha1 {expected[:12]}…")
-    t0 = time.time()
+    t_up = time.time()
     compose("up", "-d", "--scale", f"node={args.n - 1}", capture_output=True)
     signal.signal(signal.SIGINT, lambda *_: _interrupted())
     watch = SwarmWatch()
     watch.start()
     try:
-        rows = _follow(watch, args, t0)
+        rows = _follow(watch, args, t_up)
     finally:
         watch.stop()
+    t0 = first_start(watch.snapshot(), t_up)
     if rows is None:
         console.print(f"[red]local-swarm: not every node completed within {args.timeout:.0f}s[/];"
                       " see `make logs`; the swarm is left running (`make swarm-down`).")
@@ -255,10 +267,11 @@ def cmd_up(args):
     with ThreadPoolExecutor(max_workers=16) as pool:
         checks = verify(nodes, expected, pool)
         final = status_rows(gather(nodes, pool))
+    rows = watch_rows(watch.snapshot(), t0)
     for name, r in final.items():  # bytes out as of now; completion times as the logs saw them
         if r and name in rows:
             rows[name]["bytes_out"] = r["bytes_out"]
-    console.print(summary(rows, size))
+    console.print(summary(rows, size, t0 - t_up))
     if args.chart:
         write_chart(watch.snapshot(), t0, args.chart, f"{args.n} nodes, {size / 1e6:.0f} MB, {piece} B pieces")
         console.print(f"chart: {args.chart}")
@@ -271,15 +284,17 @@ def cmd_up(args):
     return 0
 
 
-def _follow(watch, args, t0):
+def _follow(watch, args, t_up):
     """Live display until every node has completed (returns its rows) or the timeout (None)."""
     with Live(console=console, refresh_per_second=8, transient=True) as live:
         while True:
-            rows = watch_rows(watch.snapshot(), t0)
-            live.update(render(rows, f"{time.time() - t0:.1f}s since start"))
+            snap = watch.snapshot()
+            t0 = first_start(snap, t_up)
+            rows = watch_rows(snap, t0)
+            live.update(render(rows, f"{time.time() - t0:.1f}s since the first node started"))
             if len(rows) == args.n and all(r["done"] is not None for r in rows.values()):
                 return rows
-            if time.time() - t0 > args.timeout:
+            if time.time() - t_up > args.timeout:
                 return None
             time.sleep(REFRESH_S)
 
@@ -294,7 +309,7 @@ def write_chart(snapshot, t0, path, title):
         pts = [(0.0, 0)] + [(t - t0, h) for t, h in n["history"]]
         ax.step([p[0] for p in pts], [100.0 * p[1] / max(1, n["pieces"]) for p in pts], where="post",
                 label=short(name), linewidth=1.4)
-    ax.set_xlabel("seconds since `compose up`")
+    ax.set_xlabel("seconds since the first node started")
     ax.set_ylabel("% of pieces held")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -321,21 +336,22 @@ def cmd_status(args):
 
 
 def cmd_logs(args):
+    """Every node's log, prefixed by node; --node keeps one node, --level that level and above."""
+    service = args.node.split("-")[0] if args.node else None  # node-3 -> service "node"
     cmd = compose_cmd() + ["-p", PROJECT, "-f", COMPOSE_FILE, "logs", "--no-color"]
-    if args.follow:
-        cmd.append("-f")
-    if args.node:
-        cmd += [s for s in ("seeder", "node") if args.node.startswith(s)][:1]
-    env = dict(os.environ, SWARM_DIR=SWARM_DIR)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    cmd += (["-f"] if args.follow else []) + ([service] if service else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=dict(os.environ, SWARM_DIR=SWARM_DIR))
     levels = ("debug", "info", "warning", "error")
-    keep = levels[levels.index(args.level):] if args.level else levels
+    shown = {f"level={lv}" for lv in levels[levels.index(args.level or "debug"):]}
     try:
         for line in proc.stdout:
-            if args.node and short(line.split("|")[0].strip()) != args.node and args.node not in ("seeder", "node"):
+            prefix, sep, rest = line.partition("|")
+            if not sep:
+                continue  # compose's own chatter ("Attaching to ...")
+            if args.node and short(prefix.strip()) != args.node:
                 continue
-            if any(f"level={lv}" in line for lv in keep) or "level=" not in line:
-                sys.stdout.write(line)
+            if any(level in rest for level in shown):
+                sys.stdout.write(f"{short(prefix.strip()):>9} |{rest}")
     except KeyboardInterrupt:
         pass
     finally:

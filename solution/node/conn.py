@@ -87,7 +87,7 @@ class Conn:
             self._handshake()
             if not self.node.register(self):
                 return
-            self.registered = True
+            self.registered = self.entry.source != "client"
             self._writer = gevent.spawn(self._write_loop)
             self._verifier = gevent.spawn(self._verify_loop)
             self.kick()

@@ -130,10 +130,10 @@ class Swarm:
             conn.reason = "banned"
             return False
         if conn.entry is None:
-            if conn.listen_port == 0:  # a client (e.g. `node status`), not a peer to dial back
+            if conn.listen_port == 0:  # a client (e.g. `node status`): served, not a peer
                 conn.entry = PeerEntry((conn.ip, 0), "client")
-            else:
-                conn.entry = s.add_peer((conn.ip, conn.listen_port), "inbound")
+                return True
+            conn.entry = s.add_peer((conn.ip, conn.listen_port), "inbound")
         other = s.conns.get(conn.peer_id)
         if other is not None:
             if self._dialer_id(conn) >= self._dialer_id(other):

@@ -30,6 +30,7 @@ def test_timestamps_parse_back_to_the_epoch_seconds():
 def test_watch_tracks_progress_and_completion_per_node():
     w = local_swarm.SwarmWatch()
     feed = lambda name, text: w.feed(name, local_swarm.parse_logfmt(text))  # noqa: E731
+    feed("p2pswarm-node-1", line("listening", 99.5, addr="0.0.0.0:6881"))
     feed("p2pswarm-node-1", line("file_info", 100.0, size=1000, pieces=10, result="known"))
     feed("p2pswarm-node-1", line("scan_done", 100.1, have=2, pieces=10))
     feed("p2pswarm-node-1", line("progress", 101.0, have="6/10", bytes_in=400, bytes_out=7, peers=3))
@@ -41,6 +42,7 @@ def test_watch_tracks_progress_and_completion_per_node():
     n = local_swarm.watch_rows(w.snapshot(), 100.0)["p2pswarm-node-1"]
     assert n["have"] == 10 and n["done"] == pytest.approx(2.5, abs=0.01)
     assert [h for _, h in n["history"]] == [0, 2, 6, 10]
+    assert local_swarm.first_start(w.snapshot(), 0) == pytest.approx(99.5, abs=0.01)
 
 
 @pytest.mark.parametrize("text,want", [("64M", 64 << 20), ("256K", 256 << 10), ("1G", 1 << 30),
