@@ -22,6 +22,7 @@ import time
 import libtorrent as lt
 
 ALERT_WAIT_MS = 200  # longest sleep between looks at SIGTERM; an alert ends the wait at once
+PROGRESS_S = 1.0  # one progress line a second while downloading (like our node), for diagnosis
 LISTEN_WAIT_S = 10.0  # give up if the session has not listened by then
 BIG = 10_000  # "no limit" for connection, unchoke and queue settings (60 hosts at most)
 
@@ -42,8 +43,12 @@ def lan_settings(bind, port):
         "connection_speed": BIG, "smooth_connects": False,  # dial every given peer at once
         "max_out_request_queue": BIG, "max_allowed_in_request_queue": BIG,
         "seeding_outgoing_connections": True,
+        # A LAN peer that failed to connect is retried soon (defaults wait a minute and give up
+        # after 3 failures: under load one host once never completed within 120 s).
+        "min_reconnect_time": 1, "max_failcount": 100, "peer_connect_timeout": 5,
         "aio_threads": os.cpu_count() or 2, "hashing_threads": os.cpu_count() or 2,
-        "alert_mask": lt.alert.category_t.status_notification | lt.alert.category_t.error_notification,
+        "alert_mask": (lt.alert.category_t.status_notification | lt.alert.category_t.error_notification
+                       | lt.alert.category_t.connect_notification),  # peer (dis)connects: logged
     }
 
 
@@ -97,6 +102,7 @@ def main():
 
     done = False
     seeding = (lt.torrent_status.seeding, lt.torrent_status.finished)
+    next_progress = time.monotonic() + PROGRESS_S
     while not stop:
         # Alerts wake us at once; no status polling, which would cost CPU in 60 processes.
         ses.wait_for_alert(ALERT_WAIT_MS)
@@ -108,6 +114,14 @@ def main():
                 check = True
             elif isinstance(al, lt.state_changed_alert) and al.state in seeding:
                 check = True
+            elif isinstance(al, (lt.peer_connect_alert, lt.peer_disconnected_alert)):
+                say("peer", what=json.dumps(al.message()))
+        now = time.monotonic()
+        if not done and now >= next_progress:
+            next_progress = now + PROGRESS_S
+            st = h.status()
+            say("progress", state=st.state, pct=f"{100 * st.progress:.1f}", peers=st.num_peers,
+                rate_mbs=f"{st.download_payload_rate / 1e6:.1f}")
         if not done and check:
             st = h.status()
             if st.is_seeding:

@@ -54,6 +54,7 @@ class Conn:
         self.entry = entry  # PeerEntry of the peer's listening address, once known
         self.peer_id = None
         self.peer_meta = wire.NO_META
+        self.knows_file = False  # the peer knows the file: its hello said so, or it sent a bitfield
         self.has = 0  # pieces the peer holds
         self.mine = {}  # first -> (count, deadline): our outstanding requests to this peer
         self.mine_bits = 0
@@ -140,6 +141,7 @@ class Conn:
         if s.info and msg.meta_id not in (wire.NO_META, s.info.meta_id):
             raise Closed("peer syncs a different file (meta_id differs)")
         self.peer_id, self.peer_meta = msg.node_id, msg.meta_id
+        self.knows_file = msg.meta_id != wire.NO_META
         self.listen_port = msg.port
 
     # -- reading ------------------------------------------------------------------------------
@@ -182,6 +184,7 @@ class Conn:
             self.has = int.from_bytes(msg.bits, "little")
             if self.state.info:
                 self.has &= self.state.full
+            self.knows_file = True  # only a node that knows the file sends a bitfield
             self.kick()
         elif t is wire.Reject:
             self._on_reject(msg.first, msg.count)
@@ -293,7 +296,7 @@ class Conn:
         except ConfigError as e:
             raise wire.WireError(f"bad metadata: {e}") from None
         info = FileInfo(msg.size, msg.piece_size, msg.hashes)
-        if info.meta_id != self.peer_meta:
+        if self.peer_meta != wire.NO_META and info.meta_id != self.peer_meta:
             raise wire.WireError("metadata does not match the meta_id of the peer's hello")
         self.node.learn_meta(info, source=self.name)
 
@@ -340,7 +343,7 @@ class Conn:
         if self.reason is not None:
             return  # closing: request nothing more
         if s.info is None:
-            if self.peer_meta != wire.NO_META and not self.meta_asked:
+            if self.knows_file and not self.meta_asked:
                 self.meta_asked = True
                 self.sock.sendall(wire.encode(wire.GetMeta()))
             self._send_peers()
@@ -424,7 +427,7 @@ class Conn:
         if self.mine or self.serving:
             return True
         if s.info is None:
-            return self.peer_meta != wire.NO_META
+            return self.knows_file
         we_want = s.missing & self.has
         they_want = s.have & ~self.has
         return bool(we_want or they_want)
