@@ -75,7 +75,8 @@ class Conn:
         self._spare = []  # piece buffers the verifier handed back
         self._verify_q = Queue(maxsize=VERIFY_BACKLOG)
         self.arrived = set()  # firsts of our requests whose data awaits the verifier
-        self._writer = self._verifier = None
+        self._writer = self._verifier = self._reader = None
+        self._cleaning = False
 
     @property
     def name(self):
@@ -84,6 +85,7 @@ class Conn:
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self):
         """The connection's life, on the calling greenlet. Never raises for a peer's doing."""
+        self._reader = gevent.getcurrent()
         try:
             self._handshake()
             if not self.node.register(self):
@@ -104,27 +106,36 @@ class Conn:
             self._cleanup()
 
     def close(self, why):
-        """Ask the connection to end (from any greenlet): the reader wakes with EOF."""
+        """End the connection, from any greenlet. The reader wakes wherever it waits: in recv
+        (EOF after the shutdown), or on the verifier's full queue (Closed is raised in it)."""
         if self.reason is None:
             self.reason = why
         try:
             self.sock.shutdown(2)
         except OSError:
             pass
+        reader = self._reader
+        if reader is not None and reader is not gevent.getcurrent() and not self._cleaning:
+            reader.kill(Closed(why), block=False)
 
     def _cleanup(self):
-        for g in (self._writer, self._verifier):
-            if g is not None:
-                # Wait for each to die: a writer already woken could otherwise request more pieces
-                # after the release below, and those would stay "requested" forever.
-                g.kill(block=True, timeout=1.0)
-        self.sock.close()
-        if self.mine_bits:
-            self.state.release(self.mine_bits & ~self.state.have)
-        self.mine, self.mine_bits = {}, 0
-        self.node.unregister(self)
-        if self.registered:
-            log.info("peer_closed", peer=self.name, why=self.reason or "eof", result="closed")
+        self._cleaning = True  # from here on, close() must not interrupt the reader
+        if self.reason is None:
+            self.reason = "closed"
+        try:
+            for g in (self._writer, self._verifier):
+                if g is not None:
+                    # Wait for each to die: a writer already woken could otherwise request more
+                    # pieces after the release below, and those would stay "requested" forever.
+                    g.kill(block=True, timeout=1.0)
+        finally:
+            self.sock.close()
+            if self.mine_bits:
+                self.state.release(self.mine_bits & ~self.state.have)
+            self.mine, self.mine_bits = {}, 0
+            self.node.unregister(self)
+            if self.registered:
+                log.info("peer_closed", peer=self.name, why=self.reason, result="closed")
 
     # -- handshake ----------------------------------------------------------------------------
     def _handshake(self):

@@ -30,6 +30,7 @@ class Node:
         self.swarm = Swarm(self)
         self.discovery = None
         self.sources = set()  # peers that sent us at least one good piece
+        self.meta_source = None  # the peer we learned the file's metadata from, if any
         self.stopping = Event()
         self._persist_wanted = Event()
         self._loops = []
@@ -109,6 +110,7 @@ class Node:
 
     def learn_meta(self, info, source):
         if self.state.info is None:
+            self.meta_source = source
             self._use_info(info, f"peer:{source}")
 
     def register(self, conn):

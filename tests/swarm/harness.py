@@ -130,8 +130,11 @@ class SwarmRun:
             os.unlink(data)
         self._run_args[name] = args
 
-    def _start_one(self, name):
-        if self.plan.nodes[self.names.index(name)].delivery == "copy":
+    def _start_one(self, name, t_first=None):
+        node = self.plan.nodes[self.names.index(name)]
+        if node.start_delay_s and t_first is not None:
+            time.sleep(max(0.0, t_first + node.start_delay_s - time.monotonic()))
+        if node.delivery == "copy":
             dc.docker("start", name)
         else:
             dc.docker("run", "-d", *self._run_args[name], self.image)
@@ -143,10 +146,11 @@ class SwarmRun:
     def _start_all(self):
         """Start every container, random order, in parallel; return when the last start returned."""
         order = self.rng.sample(self.names, len(self.names))
+        order.sort(key=lambda n: self.plan.nodes[self.names.index(n)].start_delay_s)  # stable
         t_first = time.monotonic()
         pool = ThreadPoolExecutor(START_WORKERS)
         try:
-            ends = list(pool.map(self._start_one, order))
+            ends = list(pool.map(lambda n: self._start_one(n, t_first), order))
         finally:  # on error or Ctrl-C: no new starts; in-flight ones finish (bounded)
             pool.shutdown(wait=True, cancel_futures=True)
         t_last = max(ends)

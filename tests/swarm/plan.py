@@ -29,6 +29,7 @@ class NodeSpec:
     peers: list = field(default_factory=list)   # node indexes listed in Peers (may hold its own)
     peers_form: str = "list"
     fileinfo_form: str = "full"
+    start_delay_s: float = 0.0     # staggered starts: how long after the first start this one starts
 
     def __post_init__(self):
         if self.content.kind == "missing":

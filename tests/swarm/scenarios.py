@@ -189,6 +189,23 @@ def self_discovery(rng, seed, nodes=None, **overrides):
     return plan
 
 
+def staggered(plan, max_delay_s, seed=0):
+    """Start the nodes over `max_delay_s` seconds instead of all at once (late joiners)."""
+    rng = random.Random(f"stagger:{plan.seed}:{seed}")
+    for node in plan.nodes:
+        node.start_delay_s = round(rng.uniform(0, max_delay_s), 2)
+    return plan
+
+
+def metadata_on_one_node(plan):
+    """Only one node's conf carries FileInfo: every other node must learn it from a peer."""
+    rng = random.Random(f"meta-one:{plan.seed}")
+    keep = rng.choice(plan.nodes)
+    for node in plan.nodes:
+        node.fileinfo_form = "full" if node is keep else rng.choice(("null", "absent", "parts-null"))
+    return plan
+
+
 SCENARIOS = {s.name: s for s in (
     Scenario("simple-random", simple_random, 30.0),
     Scenario("simple-extra", simple_extra, 60.0),

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from .scenarios import make_plan
+from .scenarios import make_plan, metadata_on_one_node, staggered
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 BASE = int(os.environ.get("SWARM_SEED_BASE", "0"))
@@ -61,3 +61,22 @@ def test_restarts_discovery(swarm, seed):
 @pytest.mark.parametrize("seed", seeds(1, 2))
 def test_self_discovery(swarm, seed):
     swarm(make_plan("self-discovery", seed))
+
+
+@pytest.mark.restarts
+@pytest.mark.discovery
+@pytest.mark.parametrize("seed", seeds(3))
+def test_restarts_discovery_metadata_on_one_node(swarm, seed):
+    swarm(metadata_on_one_node(make_plan("restarts-discovery", seed)))
+
+
+@pytest.mark.discovery
+@pytest.mark.parametrize("seed", seeds(3))
+def test_self_discovery_staggered_starts(swarm, seed):
+    """Nodes join over 5 s; each must still be found and synced (late starters included)."""
+    swarm(staggered(make_plan("self-discovery", seed), 5.0))
+
+
+@pytest.mark.parametrize("seed", seeds(7))
+def test_many_source_staggered_starts(swarm, seed):
+    swarm(staggered(make_plan("many-source", seed), 3.0))

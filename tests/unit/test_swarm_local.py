@@ -233,3 +233,15 @@ def test_an_announce_is_learned_and_ends_probe_sweeps(swarm, torrent_factory):
         assert got.instance == node.state.node_id
     finally:
         udp.close()
+
+
+def test_metadata_learned_after_the_handshake_still_spreads_on_the_same_link(swarm, torrent_factory):
+    """1 and 2 connect while neither knows the file; 1 learns it afterwards, and 2 gets it from 1
+    over their existing link at once, not after the link is closed as useless and redialled."""
+    t = torrent_factory(100_000, 1000, seed=12)
+    node2 = swarm.start(2, t.conf([swarm.ip(1)], file_info=False))
+    node1 = swarm.start(1, t.conf([swarm.ip(2)], file_info=False))
+    assert swarm.wait(lambda: node1.state.conns and node2.state.conns, 3)
+    node1.learn_meta(parse_file_info(t.conf()["FileInfo"]), source="test")
+    assert swarm.wait(lambda: node2.state.info is not None, 1.5)
+    assert node2.meta_source == swarm.ip(1)
