@@ -156,6 +156,8 @@ class Discovery:
         if known == b.instance:
             return
         entry = self.node.state.add_peer((ip, b.port), "discovery")
-        if known is not None:  # a new instance at a known address: it restarted, dial it now
+        restarted = known is not None  # a new instance at a known address
+        if restarted:
             log.info("peer_restarted", peer=ip, result="redial")
-            self.node.state.retry_now(entry)
+        # Alive now, so dial it at once even if earlier dials failed (e.g. it started after us).
+        self.node.state.retry_now(entry, restarted)

@@ -152,12 +152,15 @@ class NodeState:
         out.sort(key=lambda e: (e.fails, e.next_try))
         return out[:limit]
 
-    def retry_now(self, entry):
-        """The address was just heard from (e.g. it restarted): forget its backoff."""
-        entry.fails = 0
-        entry.next_try = 0.0
-        entry.complete = False
-        self._notify("peers")
+    def retry_now(self, entry, restarted=False):
+        """The address was just heard from, so it is alive: forget its backoff. A restarted peer
+        may also have lost pieces since we last saw it complete."""
+        if entry.fails or entry.next_try or restarted:
+            entry.fails = 0
+            entry.next_try = 0.0
+            if restarted:
+                entry.complete = False
+            self._notify("peers")
 
     def mark_verified(self, entry):
         if not entry.verified:

@@ -275,12 +275,24 @@ def test_backoff_cap_holds_after_very_many_failures():
 
 
 def test_retry_now_forgets_backoff(node):
+    """Heard from (e.g. its first beacon after it started late): dial now, keep what we know."""
     e = node.add_peer(A, "conf")
     for _ in range(3):
         e.failed(now=10.0)
     e.complete = True
     node.events.clear()
     node.retry_now(e)
+    assert (e.fails, e.next_try, e.complete) == (0, 0.0, True)
+    assert node.events == ["peers"]
+    node.retry_now(e)  # nothing left to forget: no event
+    assert node.events == ["peers"]
+
+
+def test_retry_now_after_a_restart_also_forgets_completeness(node):
+    e = node.add_peer(A, "conf")
+    e.complete = True
+    node.events.clear()
+    node.retry_now(e, restarted=True)
     assert (e.fails, e.next_try, e.complete) == (0, 0.0, False)
     assert node.events == ["peers"]
     assert node.dial_candidates(0.0, 10) == [e]
