@@ -77,6 +77,7 @@ class Conn:
         self.arrived = set()  # firsts of our requests whose data awaits the verifier
         self._writer = self._verifier = self._reader = None
         self._cleaning = False
+        self._reader_in_put = False
 
     @property
     def name(self):
@@ -115,7 +116,7 @@ class Conn:
         except OSError:
             pass
         reader = self._reader
-        if reader is not None and reader is not gevent.getcurrent() and not self._cleaning:
+        if self._reader_in_put and reader is not gevent.getcurrent() and not self._cleaning:
             reader.kill(Closed(why), block=False)
 
     def _cleanup(self):
@@ -128,6 +129,8 @@ class Conn:
                     # Wait for each to die: a writer already woken could otherwise request more
                     # pieces after the release below, and those would stay "requested" forever.
                     g.kill(block=True, timeout=1.0)
+        except Closed:
+            pass  # a close() from elsewhere raced with our own ending: we are ending anyway
         finally:
             self.sock.close()
             if self.mine_bits:
@@ -241,7 +244,11 @@ class Conn:
         buf = self._spare.pop() if self._spare and len(self._spare[-1]) >= nbytes else bytearray(nbytes)
         self._recv_into(buf, nbytes)
         self.arrived.add(first)
-        self._verify_q.put((first, count, buf, nbytes))  # waits while the verifier is behind
+        self._reader_in_put = True  # close() must interrupt us here: recv would see EOF, put not
+        try:
+            self._verify_q.put((first, count, buf, nbytes))  # waits while the verifier is behind
+        finally:
+            self._reader_in_put = False
 
     def _verify_loop(self):
         try:
