@@ -8,6 +8,7 @@ event loop keeps moving bytes on the other core meanwhile.
 
 import hashlib
 import os
+import threading
 
 import gevent
 from gevent.socket import wait_write
@@ -57,6 +58,7 @@ class Storage:
         self.fd = None
         self.size_before = 0  # bytes the file held before we sized it; beyond that it is zeros...
         self.written = 0  # ...except for pieces we wrote since (bitset)
+        self._lock = threading.Lock()  # writes of several frames run in pool threads at once
         self._dirty = False
         self._syncer = None
 
@@ -94,6 +96,11 @@ class Storage:
         Pieces in `skip` (already held) are neither hashed nor written."""
         return self._run(self._verify_and_write, first, data, skip)
 
+    def write_async(self, first, data, skip=0):
+        """`write` started in the thread pool; `.get()` on the result waits for the good bitset.
+        Several may run at once (both cores hash and fill the page cache)."""
+        return gevent.get_hub().threadpool.spawn(self._verify_and_write, first, data, skip)
+
     def _verify_and_write(self, first, data, skip):
         good = good_pieces(self.info, first, data, skip)
         if good:
@@ -101,8 +108,9 @@ class Storage:
             for run_first, run_count in runs(good):
                 start, n = self.info.span(run_first, run_count)
                 os.pwrite(self.fd, data[start - base:start - base + n], start)
-            self._dirty = True
-            self.written |= good
+            with self._lock:
+                self._dirty = True
+                self.written |= good
         return good
 
     def sendfile(self, sock, first, count):
