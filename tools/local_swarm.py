@@ -142,8 +142,8 @@ class SwarmWatch:
             return
         with self._lock:
             n = self.nodes.setdefault(name, {"have": 0, "pieces": 0, "bytes_in": 0, "bytes_out": 0,
-                                             "peers": 0, "started_at": None, "done_at": None,
-                                             "history": []})
+                                             "rate": 0.0, "peers": 0, "started_at": None,
+                                             "done_at": None, "history": []})
             t = parse_ts(ts)
             if event == "listening":
                 n["started_at"] = t
@@ -155,10 +155,11 @@ class SwarmWatch:
             elif event == "progress" and "have" in f:
                 have, pieces = f["have"].split("/")
                 n.update(have=int(have), pieces=int(pieces), bytes_in=int(f.get("bytes_in", 0)),
-                         bytes_out=int(f.get("bytes_out", 0)), peers=int(f.get("peers", 0)))
+                         bytes_out=int(f.get("bytes_out", 0)), peers=int(f.get("peers", 0)),
+                         rate=float(f.get("rate_mbs", 0)))
             elif event == "complete":
                 n.update(have=int(f["pieces"]), pieces=int(f["pieces"]), bytes_in=int(f["bytes_in"]),
-                         done_at=n["done_at"] or t)
+                         done_at=n["done_at"] or t, rate=0.0)
             else:
                 return
             n["history"].append((t, n["have"]))
@@ -193,15 +194,16 @@ def write_inputs(size, piece, seed):
 def render(rows, caption=None):
     """rows: name -> dict(have, pieces, bytes_in, bytes_out, peers, done) (done: seconds or None)."""
     table = Table(show_edge=False, pad_edge=False, expand=False, caption=caption)
-    for col in ("node", "progress", "pieces", "%", "in MB", "out MB", "peers", "done after"):
+    for col in ("node", "progress", "pieces", "%", "MB/s in", "in MB", "out MB", "peers", "done after"):
         table.add_column(col, justify="left" if col in ("node", "progress") else "right")
     for name, r in sorted(rows.items(), key=lambda kv: (0 if "seeder" in kv[0] else 1, _replica_number(kv[0]))):
         if r is None:
-            table.add_row(short(name), "[dim]starting…", "", "", "", "", "", "")
+            table.add_row(short(name), "[dim]starting…", "", "", "", "", "", "", "")
             continue
         pct = 100.0 * r["have"] / r["pieces"] if r["pieces"] else 0.0
         table.add_row(short(name), ProgressBar(total=100, completed=pct, width=30),
-                      f"{r['have']}/{r['pieces']}", f"{pct:.1f}", f"{r['bytes_in'] / 1e6:.1f}",
+                      f"{r['have']}/{r['pieces']}", f"{pct:.1f}",
+                      f"{r['rate']:.0f}" if r.get("rate") else "", f"{r['bytes_in'] / 1e6:.1f}",
                       f"{r['bytes_out'] / 1e6:.1f}", str(r["peers"]),
                       f"{r['done']:.2f}s" if r.get("done") is not None else "")
     return table
@@ -220,7 +222,7 @@ def first_start(snapshot, default):
 def status_rows(statuses):
     return {name: st and {"have": st["have"], "pieces": st["pieces"], "bytes_in": st["bytes_in"],
                           "bytes_out": st["bytes_out"], "peers": st["peers_connected"],
-                          "done": st["complete_after_s"]}
+                          "rate": st["rate_in_mbs"], "done": st["complete_after_s"]}
             for name, st in statuses.items()}
 
 

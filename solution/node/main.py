@@ -128,13 +128,15 @@ class Node:
     # -- loops --------------------------------------------------------------------------------
     def _progress_loop(self):
         s = self.state
-        last_in, last_t = 0, time.monotonic()
+        last_in = last_out = 0
+        last_t = time.monotonic()
         while True:
             gevent.sleep(PROGRESS_INTERVAL_S)
             now = time.monotonic()
-            got = s.counters["bytes_in"]
-            rate = (got - last_in) / (now - last_t) / 1e6
-            last_in, last_t = got, now
+            got, sent = s.counters["bytes_in"], s.counters["bytes_out"]
+            s.rates = {"in": (got - last_in) / (now - last_t), "out": (sent - last_out) / (now - last_t)}
+            rate = s.rates["in"] / 1e6
+            last_in, last_out, last_t = got, sent, now
             if s.info is None:
                 log.info("progress", meta="unknown", peers=len(s.conns), known=len(s.peers))
             elif not s.complete:

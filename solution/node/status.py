@@ -31,6 +31,8 @@ def snapshot(node):
         "complete": s.complete,
         "uptime_s": round(time.monotonic() - s.started, 3),
         "complete_after_s": round(s.completed_at - s.started, 3) if s.completed_at else None,
+        "rate_in_mbs": round(s.rates["in"] / 1e6, 2),
+        "rate_out_mbs": round(s.rates["out"] / 1e6, 2),
         "peers_connected": len(s.conns),
         "peers_known": len(s.peers),
         **s.counters,

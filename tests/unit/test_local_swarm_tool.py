@@ -33,11 +33,13 @@ def test_watch_tracks_progress_and_completion_per_node():
     feed("p2pswarm-node-1", line("listening", 99.5, addr="0.0.0.0:6881"))
     feed("p2pswarm-node-1", line("file_info", 100.0, size=1000, pieces=10, result="known"))
     feed("p2pswarm-node-1", line("scan_done", 100.1, have=2, pieces=10))
-    feed("p2pswarm-node-1", line("progress", 101.0, have="6/10", bytes_in=400, bytes_out=7, peers=3))
+    feed("p2pswarm-node-1", line("progress", 101.0, have="6/10", rate_mbs=12.5, bytes_in=400, bytes_out=7,
+                                 peers=3))
     feed("p2pswarm-node-1", line("not_tracked", 101.5, x=1))
     rows = local_swarm.watch_rows(w.snapshot(), 100.0)
     n = rows["p2pswarm-node-1"]
     assert (n["have"], n["pieces"], n["bytes_in"], n["peers"], n["done"]) == (6, 10, 400, 3, None)
+    assert n["rate"] == 12.5
     feed("p2pswarm-node-1", line("complete", 102.5, pieces=10, bytes=1000, bytes_in=800))
     n = local_swarm.watch_rows(w.snapshot(), 100.0)["p2pswarm-node-1"]
     assert n["have"] == 10 and n["done"] == pytest.approx(2.5, abs=0.01)

@@ -150,6 +150,9 @@ def test_status_request_reports_progress(swarm, torrent_factory):
     assert swarm.wait_complete()
     st = gevent.get_hub().threadpool.apply(status.fetch, (swarm.ip(0), swarm.port))
     assert st["complete"] is True and st["have"] == st["pieces"] == 10
+    for key in ("rate_in_mbs", "rate_out_mbs", "peers_connected", "peers_known", "uptime_s",
+                "bytes_in", "bytes_out", "file_info", "percent"):
+        assert key in st
 
 
 class LyingPeer:
