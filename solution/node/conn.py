@@ -67,6 +67,7 @@ class Conn:
         self.mine_bits = 0
         self.sent_have = None  # what we last told the peer we hold (None: nothing yet)
         self.sent_peers = set()
+        self.sent_peers_version = -1
         self.serving = 0  # peer's requests queued with our writer
         self.meta_asked = False
         self.strikes = 0
@@ -398,6 +399,9 @@ class Conn:
         self.sock.sendall(b"".join(frames))
 
     def _send_peers(self):
+        if self.sent_peers_version == self.state.verified_version:
+            return  # nothing new since our last PEERS (the common case: every kick comes here)
+        self.sent_peers_version = self.state.verified_version
         fresh = [a for a in self.state.verified_addrs()
                  if a not in self.sent_peers and (self.entry is None or a != self.entry.addr)]
         if fresh:

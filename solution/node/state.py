@@ -50,6 +50,7 @@ class NodeState:
         self.scanned = False
         self.peers = {}  # (ip, port) -> PeerEntry
         self.conns = {}  # peer node_id -> connection
+        self.verified_version = 0  # bumped when an address joins verified_addrs()
         self.counters = dict(bytes_in=0, bytes_out=0, pieces_in=0, pieces_bad=0, dup_pieces=0,
                              requests_sent=0)
         self.rates = {"in": 0.0, "out": 0.0}  # bytes/s over the last progress interval
@@ -166,6 +167,7 @@ class NodeState:
     def mark_verified(self, entry):
         if not entry.verified:
             entry.verified = True
+            self.verified_version += 1
             self._notify("peers")
 
     def verified_addrs(self):
