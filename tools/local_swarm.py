@@ -201,7 +201,7 @@ def render(rows, caption=None):
             table.add_row(short(name), "[dim]starting…", "", "", "", "", "", "", "")
             continue
         pct = 100.0 * r["have"] / r["pieces"] if r["pieces"] else 0.0
-        table.add_row(short(name), ProgressBar(total=100, completed=pct, width=30),
+        table.add_row(short(name), ProgressBar(total=100, completed=pct, width=12),
                       f"{r['have']}/{r['pieces']}", f"{pct:.1f}",
                       f"{r['rate']:.0f}" if r.get("rate") else "", f"{r['bytes_in'] / 1e6:.1f}",
                       f"{r['bytes_out'] / 1e6:.1f}", str(r["peers"]),
