@@ -27,6 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -193,9 +194,12 @@ def write_inputs(size, piece, seed):
 # -- display -------------------------------------------------------------------------------------
 def render(rows, caption=None):
     """rows: name -> dict(have, pieces, bytes_in, bytes_out, peers, done) (done: seconds or None)."""
-    table = Table(show_edge=False, pad_edge=False, expand=False, caption=caption)
-    for col in ("node", "progress", "pieces", "%", "MB/s in", "in MB", "out MB", "peers", "done after"):
-        table.add_column(col, justify="left" if col in ("node", "progress") else "right")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+                  expand=False, caption=caption)
+    widths = {"progress": 12, "pieces": 9}  # never squeezed: rich shrinks other columns first
+    for col in ("node", "progress", "pieces", "%", "MB/s", "in MB", "out MB", "peers", "done"):
+        table.add_column(col, justify="left" if col in ("node", "progress") else "right",
+                         min_width=widths.get(col), no_wrap=True)
     for name, r in sorted(rows.items(), key=lambda kv: (0 if "seeder" in kv[0] else 1, _replica_number(kv[0]))):
         if r is None:
             table.add_row(short(name), "[dim]starting…", "", "", "", "", "", "", "")
