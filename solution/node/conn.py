@@ -41,6 +41,7 @@ VERIFY_BACKLOG = 2  # frames being hashed and written per link while the next on
 SPARE_BUFFERS = VERIFY_BACKLOG + 1  # piece buffers kept for reuse per link
 
 _KICK = object()
+PROTOCOL_ERROR = "protocol error"  # prefix of a close reason that is the peer's fault
 
 
 class Closed(Exception):
@@ -105,8 +106,7 @@ class Conn:
             self.kick()
             self._read_loop()
         except wire.WireError as e:
-            self.reason = self.reason or f"protocol error: {e}"
-            log.warning("peer_closed", peer=self.name, result="protocol_error", why=str(e))
+            self.reason = self.reason or f"{PROTOCOL_ERROR}: {e}"
         except Closed as e:
             self.reason = self.reason or str(e)
         except (OSError, EOFError, gevent.Timeout) as e:
@@ -145,7 +145,9 @@ class Conn:
                 self.state.release(self.mine_bits & ~self.state.have)
             self.mine, self.mine_bits = {}, 0
             self.node.unregister(self)
-            if self.registered:
+            if self.reason.startswith(PROTOCOL_ERROR):  # the peer's fault: say so, even mid-handshake
+                log.warning("peer_closed", peer=self.name, why=self.reason, result="protocol_error")
+            elif self.registered:
                 log.info("peer_closed", peer=self.name, why=self.reason, result="closed")
 
     # -- handshake ----------------------------------------------------------------------------
