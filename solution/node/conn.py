@@ -48,10 +48,6 @@ class Closed(Exception):
     """We decided to end this connection; the message says why."""
 
 
-def _span(first, count):
-    return ((1 << count) - 1) << first
-
-
 class Conn:
     def __init__(self, node, sock, ip, outbound, entry=None):
         self.node = node
@@ -202,7 +198,7 @@ class Conn:
             self._on_request(msg.first, msg.count)
         elif t is wire.Have:
             self._check_range(msg.first, msg.count)
-            self.has |= _span(msg.first, msg.count)
+            self.has |= picker.span_bits(msg.first, msg.count)
             self.kick()
         elif t is wire.Bitfield:
             self.has = int.from_bytes(msg.bits, "little")
@@ -275,7 +271,7 @@ class Conn:
                 # so the endgame could not ask this same peer for them again.
                 del self.mine[first]
                 self.arrived.discard(first)
-                span = _span(first, count)
+                span = picker.span_bits(first, count)
                 self.mine_bits &= ~span
                 self._account(first, count, span, good, nbytes)
                 self.kick()
@@ -312,7 +308,7 @@ class Conn:
         entry = self.mine.pop(first, None)
         if entry is None:
             return  # a stale reject (we already timed the request out)
-        span = _span(first, entry[0])
+        span = picker.span_bits(first, entry[0])
         self.mine_bits &= ~span
         self.has &= ~span
         self.state.release(span & ~self.state.have)
@@ -425,7 +421,7 @@ class Conn:
             if got is None:
                 break
             first, count = got
-            span = _span(first, count)
+            span = picker.span_bits(first, count)
             nbytes = info.span(first, count)[1]
             deadline = time.monotonic() + REQUEST_TIMEOUT_S + REQUEST_TIMEOUT_PER_MB_S * nbytes / 2**20
             self.mine[first] = (count, deadline)

@@ -2,13 +2,14 @@
 
 Rule: other modules read these fields freely but change them only through the methods here, so
 there is one place that keeps the bitsets consistent and tells subscribers what changed.
-Piece sets are ints used as bitsets (bit i = piece i), as in `picker`.
+Piece sets are ints used as bitsets (bit i = piece i), with `picker`'s helpers (a pure leaf).
 A process runs one NodeState per node (tests run several nodes in one process).
 """
 
 import time
 
 from . import log
+from .picker import span_bits
 
 BACKOFF_FIRST_S = 0.5  # a peer that is restarting is usually back within a second
 BACKOFF_MAX_S = 4.0  # restarts are frequent: never wait long to retry a known address
@@ -81,7 +82,7 @@ class NodeState:
 
     def mark_checked(self, first, count, good):
         """Scan result for pieces first..first+count-1: `good` (bitset) verified, the rest missing."""
-        span = ((1 << count) - 1) << first
+        span = span_bits(first, count)
         good &= span & ~self.have
         self.have |= good
         self.missing |= span & ~self.have
@@ -131,7 +132,7 @@ class NodeState:
             self._notify("requestable")
 
     def has_all(self, first, count):
-        span = ((1 << count) - 1) << first
+        span = span_bits(first, count)
         return self.have & span == span
 
     # -- peers --------------------------------------------------------------------------------
