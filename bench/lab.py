@@ -13,6 +13,13 @@ Safety rules this module keeps (the host's own network is never touched):
 - `Lab` is a context manager: `__exit__` deletes every namespace it created, by name. Deleting a
   namespace destroys the interfaces in it, and a veth dies with its peer.
 - Every `ip` call is bounded in time (IP_TIMEOUT_S).
+
+Neighbours are static: each host gets a permanent ARP entry for every other host. The kernel's
+ARP table is one table for all namespaces (gc_thresh3 = 1024 entries by default, a sysctl of the
+root namespace only), and 60 hosts that each talk to 59 others need 3540: with dynamic ARP, the
+table overflowed ("neighbor table overflow" in dmesg), resolution failed and about 1 connect in 3
+hung for seconds. Real hosts each have their own table; permanent entries are exempt from that
+limit, so static neighbours emulate separate machines without touching a host sysctl.
 """
 
 import subprocess
@@ -70,6 +77,7 @@ class Lab:
         self.n = n
         self.ns = [f"{PREFIX}h{i}" for i in range(n)]
         self.ip = [f"{SUBNET}.{i + FIRST_HOST}" for i in range(n)]
+        self.mac = [f"02:77:00:00:{i >> 8:02x}:{i & 255:02x}" for i in range(n)]
         self._created = []
 
     def __enter__(self):
@@ -96,12 +104,14 @@ class Lab:
         # straight into that host's namespace as eth0. One batch keeps this to one `ip` process.
         cmds = ["link add br0 type bridge", "link set br0 up", "link set lo up"]
         for i, name in enumerate(self.ns):
-            cmds += [f"link add v{i} type veth peer name eth0 netns {name}",
+            cmds += [f"link add v{i} type veth peer name eth0 address {self.mac[i]} netns {name}",
                      f"link set v{i} master br0", f"link set v{i} up"]
         _ip("-n", BRIDGE_NS, "-batch", "-", stdin="\n".join(cmds) + "\n")
-        for name, addr in zip(self.ns, self.ip):
-            _ip("-n", name, "-batch", "-",
-                stdin=f"link set lo up\naddr add {addr}/24 dev eth0\nlink set eth0 up\n")
+        for i, (name, addr) in enumerate(zip(self.ns, self.ip)):
+            cmds = ["link set lo up", f"addr add {addr}/24 dev eth0", "link set eth0 up"]
+            cmds += [f"neigh replace {ip} lladdr {mac} dev eth0 nud permanent"
+                     for j, (ip, mac) in enumerate(zip(self.ip, self.mac)) if j != i]
+            _ip("-n", name, "-batch", "-", stdin="\n".join(cmds) + "\n")
 
     def close(self):
         """Delete every namespace this lab created (hosts first, then the bridge)."""

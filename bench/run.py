@@ -37,6 +37,7 @@ PORT = 6881  # every host listens on the same port (the SPEC's Peers are bare IP
 LISTEN_TIMEOUT_S = 60  # spawn -> all listening (60 Python processes on 2 cores take ~10 s)
 SYNC_TIMEOUT_S = 120  # SIGCONT -> all complete; libtorrent needs ~3 s for the slowest scenario
 STOP_TIMEOUT_S = 10  # SIGTERM -> exit, then SIGKILL
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PIPE_SIZE = 1 * GiB  # the ideal pipeline moves this much, in 256 KiB pieces (issue 4)
 PIPE_PIECE = 256 << 10
 PIPE_RUNS = 3  # per pipeline variant; the median is used
@@ -45,12 +46,14 @@ IMPLS = ("ours", "libtorrent")
 
 
 NODE_LOG_LEVEL = "info"  # our node's log level (--node-log-level debug to diagnose a slow run)
+PROFILE_DIR = None  # --profile DIR: our nodes run under cProfile (profile_node.py)
 
 
 def node_cmd(impl, py, data, conf, ip):
     """(argv, cwd) of one node on one host."""
     if impl == "ours":
-        return [py, "-m", "node", "--data", data, "--conf", conf, "--state", data + ".state.json",
+        run = [py, os.path.join(HERE, "profile_node.py")] if PROFILE_DIR else [py, "-m", "node"]
+        return run + ["--data", data, "--conf", conf, "--state", data + ".state.json",
                 "--bind", ip, "--port", str(PORT), "--discovery", "off",
                 "--log-level", NODE_LOG_LEVEL], SOLUTION
     return [py, os.path.join(HERE, "lt_node.py"), "--data", data, "--conf", conf,
@@ -97,6 +100,15 @@ class Proc:
         except OSError:
             pass
         return None
+
+    def cpu_s(self):
+        """(user, system) CPU seconds the process has used so far; None once it is gone."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+        except (OSError, IndexError, ValueError):
+            return None
 
     def stop(self):
         """SIGTERM, wait, SIGKILL if needed; returns the exit code (-9 if it had to be killed)."""
@@ -153,12 +165,18 @@ def swarm_run(lab_, seed, impl, py, workdir, logdir, tag):
             argv, cwd = node_cmd(impl, py, data, conf, lab_.ip[h])
             procs.append(Proc(lab_.argv(h, argv), cwd, poke))
         wait_until(lambda: all(pr.t_listen for pr in procs), cv, LISTEN_TIMEOUT_S, procs, "listened")
+        cpu0 = [pr.cpu_s() for pr in procs]
         t_cont = time.monotonic()
         for pr in procs:
             os.kill(pr.pid, signal.SIGCONT)
+        if os.environ.get("BENCH_RELEASED_FILE"):  # for profilers: `perf record -k CLOCK_MONOTONIC`
+            with open(os.environ["BENCH_RELEASED_FILE"], "w") as f:
+                f.write(f"{t_cont:.6f}\n")
         wait_until(lambda: all(pr.t_complete for pr in procs), cv, SYNC_TIMEOUT_S, procs, "completed")
         t_done = max(pr.t_complete for pr in procs)
         rss = [pr.peak_rss_mb() for pr in procs]
+        cpu = [(b[0] - a[0], b[1] - a[1]) if None not in (a, b) else (0.0, 0.0)
+               for a, b in zip(cpu0, (pr.cpu_s() for pr in procs))]
     except RunError as e:
         for pr in procs:
             pr.stop()
@@ -178,9 +196,11 @@ def swarm_run(lab_, seed, impl, py, workdir, logdir, tag):
          "startup_med_s": statistics.median(startup), "startup_max_s": max(startup),
          "first_complete_s": min(pr.t_complete for pr in procs) - t_cont,
          "peak_rss_mb": max((x for x in rss if x is not None), default=None),
+         "cpu_s": sum(u + k for u, k in cpu), "cpu_sys_s": sum(k for _, k in cpu),
+         "cpu_seeder_s": sum(cpu[0]),
          "exit_codes": sorted(set(codes)), "load1": load_before}
     print(f"  {tag:<22} sync {r['sync_s']:7.3f} s  from spawn {r['from_spawn_s']:7.3f} s  "
-          f"start-up med {r['startup_med_s']:.3f} s  peak RSS {r['peak_rss_mb'] or 0:.0f} MB  "
+          f"start-up med {r['startup_med_s']:.3f} s  CPU {r['cpu_s']:.2f} s (sys {r['cpu_sys_s']:.2f}, h0 {r['cpu_seeder_s']:.2f})  peak RSS {r['peak_rss_mb'] or 0:.0f} MB  "
           f"exit {r['exit_codes']}", flush=True)
     return r
 
@@ -254,6 +274,8 @@ def parse_args(argv):
     p.add_argument("--tmp", default="/var/tmp", help="parent of the work dir (on disk, not tmpfs)")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECS",
                    help=f"first wait up to SECS for load < {QUIET_LOAD} and no Docker containers")
+    p.add_argument("--profile", metavar="DIR", help="run our nodes under cProfile, one DIR/PID.prof each "
+                                                    "(read with: python bench/profile_node.py --report DIR)")
     p.add_argument("--node-log-level", default="info", help="our node's --log-level (info keeps logs small)")
     a = p.parse_args(argv)
     a.scenarios = [s.strip().upper() for s in a.scenarios.split(",") if s.strip()]
@@ -287,9 +309,13 @@ def _interrupted(signum, frame):
 
 
 def main(argv=None):
-    global NODE_LOG_LEVEL
+    global NODE_LOG_LEVEL, PROFILE_DIR
     a = parse_args(argv)
     NODE_LOG_LEVEL = a.node_log_level
+    if a.profile:
+        PROFILE_DIR = os.path.abspath(a.profile)
+        os.makedirs(PROFILE_DIR, exist_ok=True)
+        os.environ["NODE_PROFILE_DIR"] = PROFILE_DIR  # inherited by every node process
     signal.signal(signal.SIGTERM, _interrupted)  # a killed bench still deletes its namespaces
     preflight(a.impl)
     if a.wait_quiet:

@@ -5,9 +5,11 @@ Rule: only the writer sends. Both peers request from each other on one full-dupl
 greenlet both read and sent large responses, two peers sending at once with full socket buffers
 would each wait for the other to read, forever. The reader never blocks on the writer: what a peer
 may queue with us is bounded (MAX_PEER_REQUESTS), and a peer that exceeds it is closed.
-The reader hands each PIECES frame to the thread pool (hash, then pwrite the good pieces) as soon
-as it is received and goes on receiving; the verifier takes the results in order and accounts for
-them. At most VERIFY_BACKLOG frames are in the pool per link, so memory stays bounded.
+The reader receives a PIECES frame in chunks of whole pieces (storage.CHUNK_BYTES), hands each to
+the thread pool (hash, then pwrite the good pieces) as soon as it is in, and goes on receiving; the
+verifier takes the results in order and accounts for them, so pieces are announced chunk by chunk,
+before the rest of their frame has arrived. At most VERIFY_BACKLOG_BYTES per link are in the pool,
+in buffers the storage reuses, so memory stays bounded.
 """
 
 import random
@@ -36,9 +38,8 @@ USELESS_CLOSE_S = 3.0  # a link with nothing to exchange this long is closed (so
 IDLE_TIMEOUT_S = 20.0  # no frame at all from the peer this long, nothing pending: it is gone
 MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
 HAVE_RUNS_MAX = 64  # beyond this many HAVE frames, one BITFIELD is cheaper
-VERIFY_BACKLOG = 2  # frames being hashed and written per link while the next one is received:
-#                    measured on S1, receive alone takes 0.15 s per 512 MiB, pwrite 1.4 s
-SPARE_BUFFERS = VERIFY_BACKLOG + 1  # piece buffers kept for reuse per link
+VERIFY_BACKLOG_BYTES = 8 << 20  # being hashed and written per link while more is received:
+#                                measured on S1, receive alone takes 0.15 s per 512 MiB, pwrite 1.4 s
 
 _KICK = object()
 PROTOCOL_ERROR = "protocol error"  # prefix of a close reason that is the peer's fault
@@ -77,9 +78,8 @@ class Conn:
         self._queue = Queue()
         self._kicked = False
         self._buf = bytearray(1 << 16)
-        self._spare = []  # piece buffers the verifier handed back
-        self._verify_q = Queue(maxsize=VERIFY_BACKLOG)
-        self.arrived = set()  # firsts of our requests whose data awaits the verifier
+        self._verify_q = None  # made with the verifier, at the first PIECES (the file is known)
+        self.arrived = set()  # firsts of our requests whose data arrives or awaits the verifier
         self._writer = self._verifier = self._reader = None
         self._cleaning = False
         self._reader_in_put = False
@@ -98,7 +98,6 @@ class Conn:
                 return
             self.registered = self.entry.source != "client"
             self._writer = gevent.spawn(self._write_loop)
-            self._verifier = gevent.spawn(self._verify_loop)
             self.kick()
             self._read_loop()
         except wire.WireError as e:
@@ -198,8 +197,11 @@ class Conn:
             self._on_request(msg.first, msg.count)
         elif t is wire.Have:
             self._check_range(msg.first, msg.count)
-            self.has |= picker.span_bits(msg.first, msg.count)
-            self.kick()
+            span = picker.span_bits(msg.first, msg.count)
+            self.has |= span
+            s = self.state
+            if span & s.missing or (s.complete and self.has & s.full == s.full):
+                self.kick()  # something to request, or both are complete now: else nothing to do
         elif t is wire.Bitfield:
             self.has = int.from_bytes(msg.bits, "little")
             if self.state.info:
@@ -247,30 +249,37 @@ class Conn:
         nbytes = n - wire.RANGE.size
         if nbytes != info.span(first, count)[1]:
             raise wire.WireError(f"pieces {first}+{count} carry {nbytes} bytes")
-        buf = self._spare.pop() if self._spare and len(self._spare[-1]) >= nbytes else bytearray(nbytes)
-        self._recv_into(buf, nbytes)
         self.arrived.add(first)
-        view = memoryview(buf)[:nbytes]
-        job = self.node.storage.write_async(first, view, skip=self.state.have)
-        self._reader_in_put = True  # close() must interrupt us here: recv would see EOF, put not
-        try:
-            self._verify_q.put((first, count, buf, view, job))  # waits while the pool is behind
-        finally:
-            self._reader_in_put = False
+        storage, end, at = self.node.storage, first + count, first
+        if self._verifier is None:
+            chunk_bytes = storage.chunk_pieces * info.piece_size
+            self._verify_q = Queue(maxsize=max(2, VERIFY_BACKLOG_BYTES // chunk_bytes))
+            self._verifier = gevent.spawn(self._verify_loop)
+        while at < end:
+            k = min(storage.chunk_pieces, end - at)
+            buf = storage.take_buffer()
+            view = self._recv_into(buf, info.span(at, k)[1])
+            job = storage.write_async(at, view, skip=self.state.have)
+            self._reader_in_put = True  # close() must interrupt us here: recv would see EOF, put not
+            try:  # waits while the pool is behind
+                self._verify_q.put((at, k, buf, view, job, first if at + k == end else None))
+            finally:
+                self._reader_in_put = False
+            at += k
 
     def _verify_loop(self):
         try:
             while True:
-                first, count, buf, view, job = self._verify_q.get()
+                first, count, buf, view, job, request_done = self._verify_q.get()
                 good = job.get()
                 nbytes = len(view)
                 view.release()
-                if len(self._spare) < SPARE_BUFFERS:
-                    self._spare.append(buf)
-                # Only now is the request done: while the pool hashed, these pieces stayed "mine",
-                # so the endgame could not ask this same peer for them again.
-                del self.mine[first]
-                self.arrived.discard(first)
+                self.node.storage.give_buffer(buf)
+                # Only now are these pieces done: while the pool hashed, they stayed "mine", so
+                # the endgame could not ask this same peer for them again.
+                if request_done is not None:
+                    del self.mine[request_done]
+                    self.arrived.discard(request_done)
                 span = picker.span_bits(first, count)
                 self.mine_bits &= ~span
                 self._account(first, count, span, good, nbytes)
@@ -387,7 +396,10 @@ class Conn:
             self.sent_have = s.have
             self.sock.sendall(wire.encode(wire.Bitfield(s.have.to_bytes((s.info.n_pieces + 7) // 8, "little"))))
             return
-        new = s.have & ~self.sent_have
+        # Pieces the peer holds already are not announced: it would never request them, and in
+        # a big swarm most HAVE frames would be of that kind. Completion needs no announcement
+        # either: a complete peer is closed by whichever side sees both complete first.
+        new = s.have & ~self.sent_have & ~self.has
         if not new:
             return
         frames = [wire.encode(wire.Have(f, c)) for f, c in picker.runs(new)]

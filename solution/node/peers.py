@@ -23,6 +23,7 @@ INBOUND_OVERFLOW = 8  # accepted past MAX_INBOUND only to be closed at once, not
 MAX_INBOUND_PER_IP = 4  # an honest peer needs one link (two while a doubled dial resolves)
 CONNECT_TIMEOUT_S = 2.0  # peers share a LAN: a connect that takes longer is to a dead address
 DIAL_INTERVAL_S = 0.5  # the dialer also wakes at once when slots free up or peers appear
+IDLE_OFFERS_MAX = 2  # a complete node whose last dials found only complete peers slows down
 HOUSEKEEPING_S = 1.0  # how often stalled and useless links are looked for
 BAN_S = 60.0  # a peer that sent bad pieces repeatedly is ignored this long
 STOP_GRACE_S = 0.1  # at shutdown, links get this long to end cleanly before they are killed
@@ -38,6 +39,8 @@ class Swarm:
         self.server = None
         self.banned = {}  # node_id or ip -> until (monotonic)
         self.inbound_by_ip = {}  # ip -> open inbound sockets, handshaking or not
+        self.idle_offers = 0  # our outbound links in a row that moved nothing while we were complete
+        self._next_offer = 0.0
         self._wake = Event()
         self._loops = []
 
@@ -91,9 +94,23 @@ class Swarm:
         while True:
             self._wake.wait(DIAL_INTERVAL_S)
             self._wake.clear()
-            for entry in self.state.dial_candidates(time.monotonic(), self.out_pool.free_count()):
+            now = time.monotonic()
+            for entry in self.state.dial_candidates(now, self._dial_budget(now)):
                 entry.dialing = True
                 self.out_pool.spawn(self._dial, entry)
+
+    def _dial_budget(self, now):
+        """How many dials to start now. A complete node needs nothing: its dials only offer pieces.
+        While those offers keep meeting complete peers, it makes one at a time, one per interval;
+        otherwise 60 finished nodes would each sweep all 59 others at the end of a sync, thousands
+        of handshakes in the CPU time the last nodes need."""
+        free = self.out_pool.free_count()
+        if not self.state.complete or self.idle_offers < IDLE_OFFERS_MAX:
+            return free
+        if free < MAX_OUTBOUND or now < self._next_offer:
+            return 0
+        self._next_offer = now + DIAL_INTERVAL_S
+        return 1
 
     def _dial(self, entry):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -158,6 +175,10 @@ class Swarm:
             return
         entry, now = conn.entry, time.monotonic()
         entry.complete = bool(self.state.info) and conn.has & self.state.full == self.state.full
+        if conn.productive:
+            self.idle_offers = 0
+        elif conn.outbound and self.state.complete:
+            self.idle_offers += 1
         if conn.reason in BENIGN_ENDS:
             entry.fails = 0
             entry.next_try = max(entry.next_try, now + USELESS_RETRY_S)

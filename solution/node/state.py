@@ -6,6 +6,7 @@ Piece sets are ints used as bitsets (bit i = piece i), with `picker`'s helpers (
 A process runs one NodeState per node (tests run several nodes in one process).
 """
 
+import random
 import time
 
 from . import log
@@ -57,6 +58,7 @@ class NodeState:
         self.rates = {"in": 0.0, "out": 0.0}  # bytes/s over the last progress interval
         self.started = time.monotonic()
         self.completed_at = None
+        self.rng = random.Random()
         self._subscribers = []
         if info is not None:
             self.set_info(info)
@@ -146,13 +148,16 @@ class NodeState:
         return entry
 
     def dial_candidates(self, now, limit):
-        """Entries worth dialling now, fewest failures first."""
+        """Entries worth dialling now, fewest failures first, in random order among equals.
+        Every node of a swarm usually has the same Peers list: dialled in list order, the first 8
+        hosts would get every node's dials (and refuse most) while the rest waited for a dial."""
         if limit <= 0:
             return []
         out = [e for e in self.peers.values()
                if e.conn is None and not e.dialing and not e.is_self and e.next_try <= now
                and not (e.complete and self.complete)]
-        out.sort(key=lambda e: (e.fails, e.next_try))
+        self.rng.shuffle(out)
+        out.sort(key=lambda e: (e.fails, e.next_try))  # stable: the shuffle breaks the ties
         return out[:limit]
 
     def retry_now(self, entry, restarted=False):

@@ -19,6 +19,8 @@ from .picker import runs
 SCAN_BATCH_BYTES = 8 << 20  # verify the existing file in 8 MiB steps, publishing pieces as they pass
 FSYNC_INTERVAL_S = 1.0  # flush written pieces at most once a second: fsync never dominates transfer
 SEND_STALL_S = 10.0  # a peer that reads nothing for this long is gone
+CHUNK_BYTES = 256 << 10  # received pieces are verified and written in chunks of whole pieces this big
+SPARE_CHUNKS = 32  # free chunk buffers kept for reuse (8 MiB at 256 KiB)
 
 
 def good_pieces(info, first, data, skip=0):
@@ -61,6 +63,19 @@ class Storage:
         self._lock = threading.Lock()  # writes of several frames run in pool threads at once
         self._dirty = False
         self._syncer = None
+        self.chunk_pieces = max(1, CHUNK_BYTES // info.piece_size)
+        self._chunk_bytes = self.chunk_pieces * info.piece_size
+        self._spare = []
+
+    # -- receive buffers: reused, since a fresh bytearray costs a page fault per 4 KiB on first
+    # touch (measured in S3: zeroing new 1 MiB buffers took 13% of all CPU) -------------------
+    def take_buffer(self):
+        """A buffer for one chunk (chunk_pieces whole pieces); hand it back with give_buffer."""
+        return self._spare.pop() if self._spare else bytearray(self._chunk_bytes)
+
+    def give_buffer(self, buf):
+        if len(self._spare) < SPARE_CHUNKS:
+            self._spare.append(buf)
 
     def open(self):
         """Open (creating if missing) and size the file to exactly info.size bytes."""

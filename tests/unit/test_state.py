@@ -221,13 +221,13 @@ def test_dial_candidates_skip_what_should_not_be_dialled(node):
     node.peers[D].next_try = now + 1  # backing off
     node.peers[E].complete = True  # a seeder, but we still need pieces: dial it
     got = node.dial_candidates(now, 10)
-    assert [e.addr for e in got] == [E, F]
+    assert sorted(e.addr for e in got) == [E, F]
 
 
 def test_complete_peers_are_skipped_once_we_are_complete(node):
     node.add_peer(A, "conf").complete = True
     node.add_peer(B, "conf")
-    assert [e.addr for e in node.dial_candidates(0.0, 10)] == [A, B]
+    assert sorted(e.addr for e in node.dial_candidates(0.0, 10)) == [A, B]
     node.mark_checked(0, N, ALL)
     assert [e.addr for e in node.dial_candidates(0.0, 10)] == [B]
 
@@ -249,6 +249,18 @@ def test_dial_candidates_order_by_failures_then_due_time(node):
     assert node.dial_candidates(10.0, 2) == [d, b]
     assert node.dial_candidates(10.0, 0) == []
     assert node.dial_candidates(10.0, -1) == []
+
+
+def test_equal_candidates_come_in_random_order(node):
+    """60 nodes with the same Peers list must not all dial its first 8 addresses."""
+    addrs = [(f"10.0.0.{i}", 6881) for i in range(1, 61)]
+    for a in addrs:
+        node.add_peer(a, "conf")
+    firsts = {node.dial_candidates(0.0, 8)[0].addr for _ in range(50)}
+    assert len(firsts) > 10
+    picked = node.dial_candidates(0.0, 8)
+    assert len({e.addr for e in picked}) == 8
+    assert [e.addr for e in picked] != addrs[:8]
 
 
 def test_backoff_grows_and_is_capped():

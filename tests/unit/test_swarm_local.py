@@ -156,10 +156,11 @@ def test_status_request_reports_progress(swarm, torrent_factory):
 
 
 class LyingPeer:
-    """Claims every piece, answers every request with garbage of the right length."""
+    """Claims every piece, answers every request with garbage of the right length (or, given
+    `data`, with the right bytes except the first piece of each answer)."""
 
-    def __init__(self, ip, port, info):
-        self.info, self.requests = info, 0
+    def __init__(self, ip, port, info, data=None):
+        self.info, self.requests, self.data = info, 0, data
         self.server = StreamServer((ip, port), self._handle)
         self.server.start()
 
@@ -173,8 +174,12 @@ class LyingPeer:
                 for msg in dec.feed(data):
                     if isinstance(msg, wire.Request):
                         self.requests += 1
-                        nbytes = self.info.span(msg.first, msg.count)[1]
-                        sock.sendall(wire.encode(wire.Pieces(msg.first, msg.count, os.urandom(nbytes))))
+                        offset, nbytes = self.info.span(msg.first, msg.count)
+                        body = os.urandom(nbytes)
+                        if self.data is not None:
+                            bad = self.info.piece_len(msg.first)
+                            body = body[:bad] + self.data[offset + bad:offset + nbytes]
+                        sock.sendall(wire.encode(wire.Pieces(msg.first, msg.count, body)))
         except OSError:
             pass  # the node hung up on us: that is the point
 
@@ -189,6 +194,28 @@ def test_wrong_piece_data_is_discarded_and_refetched_elsewhere(swarm, torrent_fa
         assert swarm.wait_complete()
         assert swarm.file_bytes(1) == t.data
         assert not any(c.ip == swarm.ip(9) for c in node.state.conns.values())
+    finally:
+        liar.server.stop()
+
+
+def test_pieces_of_a_frame_are_verified_one_by_one_across_chunks(swarm, torrent_factory, monkeypatch):
+    """A frame spans several chunks (hashed and written separately); one bad piece in it costs
+    that piece only, and the chunk buffers are reused rather than allocated per frame."""
+    from node import storage
+    monkeypatch.setattr(storage, "CHUNK_BYTES", 4 * 1024)  # 4 pieces per chunk
+    t = torrent_factory(256 * 1024, 1024, seed=12)
+    liar = LyingPeer(swarm.ip(9), swarm.port, parse_file_info(t.conf()["FileInfo"]), data=t.data)
+    try:
+        node = swarm.start(1, t.conf(peers(swarm, 9)))
+        assert swarm.wait(lambda: node.state.counters["pieces_bad"] > 0, 5)
+        assert swarm.wait(lambda: liar.requests >= 1 and not node.state.requested, 5)
+        # Every answer's first piece was wrong, the rest right: the rest is kept.
+        assert node.state.counters["pieces_in"] >= node.state.counters["pieces_bad"] * 3
+        assert 0 < len(node.storage._spare) <= storage.SPARE_CHUNKS
+        assert all(len(b) == 4 * 1024 for b in node.storage._spare)
+        swarm.start(0, t.conf(peers(swarm, 1)), data=t.data)
+        assert swarm.wait_complete()
+        assert swarm.file_bytes(1) == t.data
     finally:
         liar.server.stop()
 
