@@ -102,11 +102,11 @@ class Proc:
         return None
 
     def cpu_s(self):
-        """(user, system) CPU seconds the process has used so far; None once it is gone."""
+        """(user s, system s, minor page faults) the process has used so far; None once it is gone."""
         try:
             with open(f"/proc/{self.pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+            return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS, int(fields[7])
         except (OSError, IndexError, ValueError):
             return None
 
@@ -151,7 +151,6 @@ def swarm_run(lab_, seed, impl, py, workdir, logdir, tag):
     shutil.rmtree(rundir, ignore_errors=True)
     os.makedirs(rundir)
     paths = seed.prepare(rundir, lab_.ip[:sc.nodes], PORT)
-    prewrite(workdir, seed.bytes_to_move())
     cv = threading.Condition()
 
     def poke():
@@ -165,6 +164,8 @@ def swarm_run(lab_, seed, impl, py, workdir, logdir, tag):
             argv, cwd = node_cmd(impl, py, data, conf, lab_.ip[h])
             procs.append(Proc(lab_.argv(h, argv), cwd, poke))
         wait_until(lambda: all(pr.t_listen for pr in procs), cv, LISTEN_TIMEOUT_S, procs, "listened")
+        # Warm the memory only now: starting 60 processes takes GBs, and would eat warm pages.
+        prewrite(workdir, seed.bytes_to_move())
         cpu0 = [pr.cpu_s() for pr in procs]
         t_cont = time.monotonic()
         for pr in procs:
@@ -175,7 +176,7 @@ def swarm_run(lab_, seed, impl, py, workdir, logdir, tag):
         wait_until(lambda: all(pr.t_complete for pr in procs), cv, SYNC_TIMEOUT_S, procs, "completed")
         t_done = max(pr.t_complete for pr in procs)
         rss = [pr.peak_rss_mb() for pr in procs]
-        cpu = [(b[0] - a[0], b[1] - a[1]) if None not in (a, b) else (0.0, 0.0)
+        cpu = [tuple(y - x for x, y in zip(a, b)) if None not in (a, b) else (0.0, 0.0, 0)
                for a, b in zip(cpu0, (pr.cpu_s() for pr in procs))]
     except RunError as e:
         for pr in procs:
@@ -196,11 +197,11 @@ def swarm_run(lab_, seed, impl, py, workdir, logdir, tag):
          "startup_med_s": statistics.median(startup), "startup_max_s": max(startup),
          "first_complete_s": min(pr.t_complete for pr in procs) - t_cont,
          "peak_rss_mb": max((x for x in rss if x is not None), default=None),
-         "cpu_s": sum(u + k for u, k in cpu), "cpu_sys_s": sum(k for _, k in cpu),
-         "cpu_seeder_s": sum(cpu[0]),
+         "cpu_s": sum(u + k for u, k, _ in cpu), "cpu_sys_s": sum(k for _, k, _ in cpu),
+         "cpu_seeder_s": sum(cpu[0][:2]), "minor_faults": sum(f for _, _, f in cpu),
          "exit_codes": sorted(set(codes)), "load1": load_before}
     print(f"  {tag:<22} sync {r['sync_s']:7.3f} s  from spawn {r['from_spawn_s']:7.3f} s  "
-          f"start-up med {r['startup_med_s']:.3f} s  CPU {r['cpu_s']:.2f} s (sys {r['cpu_sys_s']:.2f}, h0 {r['cpu_seeder_s']:.2f})  peak RSS {r['peak_rss_mb'] or 0:.0f} MB  "
+          f"start-up med {r['startup_med_s']:.3f} s  CPU {r['cpu_s']:.2f} s (sys {r['cpu_sys_s']:.2f}, h0 {r['cpu_seeder_s']:.2f}, {r['minor_faults'] * 4 / 1024:.0f} MiB faulted)  peak RSS {r['peak_rss_mb'] or 0:.0f} MB  "
           f"exit {r['exit_codes']}", flush=True)
     return r
 

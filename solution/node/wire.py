@@ -33,6 +33,7 @@ does not know the file yet. Both sides send HELLO first; see docs/PROTOCOL.md fo
 
 import struct
 from dataclasses import dataclass
+from socket import AF_INET, inet_ntoa, inet_pton  # pure conversions, no I/O
 
 MAGIC = b"P2PS"
 VERSION = 1
@@ -142,9 +143,6 @@ def pieces_header(first, count, nbytes):
     return HEADER.pack(1 + RANGE.size + nbytes, PIECES) + RANGE.pack(first, count)
 
 
-def _pack_ip(ip):
-    parts = ip.split(".")
-    return bytes(int(p) for p in parts)
 
 
 def encode(msg):
@@ -162,7 +160,7 @@ def encode(msg):
     if t is Meta:
         return frame(META, _META.pack(msg.size, msg.piece_size) + b"".join(msg.hashes))
     if t is Peers:
-        return frame(PEERS, b"".join(_ADDR.pack(_pack_ip(ip), port) for ip, port in msg.addrs))
+        return frame(PEERS, b"".join(_ADDR.pack(inet_pton(AF_INET, ip), port) for ip, port in msg.addrs))
     if t is StatusRequest:
         return frame(STATUS_REQ)
     if t is Status:
@@ -218,7 +216,7 @@ def decode_payload(kind, payload):
     if kind == PEERS:
         if len(payload) % _ADDR.size:
             raise WireError(f"peers payload of {len(payload)} bytes is not 6*n")
-        return Peers(tuple((".".join(map(str, ip)), port) for ip, port in _ADDR.iter_unpack(payload)))
+        return Peers(tuple((inet_ntoa(ip), port) for ip, port in _ADDR.iter_unpack(payload)))
     if kind == STATUS:
         return Status(bytes(payload))
     _exact(kind, payload, 0)

@@ -74,6 +74,16 @@ def test_tiny_pieces_are_fetched_in_ranges_not_one_by_one(swarm, torrent_factory
     assert node.state.counters["requests_sent"] * 100 < t.size // 128
 
 
+def test_links_close_once_both_ends_are_complete(swarm, torrent_factory):
+    """Sockets are scarce at 60 nodes: when everyone is done, no link stays open."""
+    t = torrent_factory(512 * 1024, 4096, seed=13)
+    swarm.start(0, t.conf(peers(swarm, 0, 1, 2, 3, 4, 5)), data=t.data)
+    for i in range(1, 6):
+        swarm.start(i, t.conf(peers(swarm, 0, 1, 2, 3, 4, 5)))
+    assert swarm.wait_complete()
+    assert swarm.wait(lambda: not any(n.state.conns for n in swarm.nodes.values()), 5)
+
+
 def test_many_sources_no_node_has_everything(swarm, torrent_factory):
     t = torrent_factory(1 << 20, 16 * 1024, seed=4)
     n, rng = 5, random.Random(4)
