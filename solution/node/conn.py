@@ -8,8 +8,8 @@ may queue with us is bounded (MAX_PEER_REQUESTS), and a peer that exceeds it is 
 The reader receives a PIECES frame in chunks of whole pieces (storage.CHUNK_BYTES), hands each to
 the thread pool (hash, then pwrite the good pieces) as soon as it is in, and goes on receiving; the
 verifier takes the results in order and accounts for them, so pieces are announced chunk by chunk,
-before the rest of their frame has arrived. At most VERIFY_BACKLOG_BYTES per link are in the pool,
-in buffers the storage reuses, so memory stays bounded.
+before the rest of their frame has arrived. The chunk buffers come from the storage, which reuses
+them and bounds how many a node has in flight, so memory stays bounded.
 """
 
 import random
@@ -38,8 +38,6 @@ USELESS_CLOSE_S = 3.0  # a link with nothing to exchange this long is closed (so
 IDLE_TIMEOUT_S = 20.0  # no frame at all from the peer this long, nothing pending: it is gone
 MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
 HAVE_RUNS_MAX = 64  # beyond this many HAVE frames, one BITFIELD is cheaper
-VERIFY_BACKLOG_BYTES = 8 << 20  # being hashed and written per link while more is received:
-#                                measured on S1, receive alone takes 0.15 s per 512 MiB, pwrite 1.4 s
 
 _KICK = object()
 PROTOCOL_ERROR = "protocol error"  # prefix of a close reason that is the peer's fault
@@ -80,11 +78,12 @@ class Conn:
         self._kicked = False
         self._buf = bytearray(512)  # grows to the largest control frame seen (fresh memory is dear:
         #                              a 64 KiB buffer per link cost 60 nodes 10% of their CPU in S3)
-        self._verify_q = None  # made with the verifier, at the first PIECES (the file is known)
+        self._verify_q = Queue()  # received chunks, in order; bounded by storage.take_buffer
+        self._buffers_out = 0  # chunk buffers taken from the storage and not yet given back
         self.arrived = set()  # firsts of our requests whose data arrives or awaits the verifier
         self._writer = self._verifier = self._reader = None
         self._cleaning = False
-        self._reader_in_put = False
+        self._reader_waiting = False
 
     @property
     def name(self):
@@ -121,7 +120,7 @@ class Conn:
         except OSError:
             pass
         reader = self._reader
-        if self._reader_in_put and reader is not gevent.getcurrent() and not self._cleaning:
+        if self._reader_waiting and reader is not gevent.getcurrent() and not self._cleaning:
             reader.kill(Closed(why), block=False)
 
     def _cleanup(self):
@@ -138,6 +137,9 @@ class Conn:
             pass  # a close() from elsewhere raced with our own ending: we are ending anyway
         finally:
             self.sock.close()
+            for _ in range(self._buffers_out):  # in our queue or still in the pool: not reused
+                self.node.storage.give_buffer(None)
+            self._buffers_out = 0
             if self.mine_bits:
                 self.state.release(self.mine_bits & ~self.state.have)
             self.mine, self.mine_bits = {}, 0
@@ -254,19 +256,18 @@ class Conn:
         self.arrived.add(first)
         storage, end, at = self.node.storage, first + count, first
         if self._verifier is None:
-            chunk_bytes = storage.chunk_pieces * info.piece_size
-            self._verify_q = Queue(maxsize=max(2, VERIFY_BACKLOG_BYTES // chunk_bytes))
             self._verifier = gevent.spawn(self._verify_loop)
         while at < end:
             k = min(storage.chunk_pieces, end - at)
-            buf = storage.take_buffer()
+            self._reader_waiting = True  # close() must interrupt this wait: recv would see EOF, it not
+            try:
+                buf = storage.take_buffer()  # waits while the node has enough chunks in flight
+            finally:
+                self._reader_waiting = False
+            self._buffers_out += 1
             view = self._recv_into(buf, info.span(at, k)[1])
             job = storage.write_async(at, view, skip=self.state.have)
-            self._reader_in_put = True  # close() must interrupt us here: recv would see EOF, put not
-            try:  # waits while the pool is behind
-                self._verify_q.put((at, k, buf, view, job, first if at + k == end else None))
-            finally:
-                self._reader_in_put = False
+            self._verify_q.put((at, k, buf, view, job, first if at + k == end else None))
             at += k
 
     def _verify_loop(self):
@@ -276,6 +277,7 @@ class Conn:
                 good = job.get()
                 nbytes = len(view)
                 view.release()
+                self._buffers_out -= 1
                 self.node.storage.give_buffer(buf)
                 # Only now are these pieces done: while the pool hashed, they stayed "mine", so
                 # the endgame could not ask this same peer for them again.
@@ -409,7 +411,8 @@ class Conn:
         frames = [wire.encode(wire.Have(f, c)) for f, c in picker.runs(new)]
         if len(frames) > HAVE_RUNS_MAX:
             frames = [wire.encode(wire.Bitfield(s.have.to_bytes((s.info.n_pieces + 7) // 8, "little")))]
-        self.sent_have = s.have
+            new = s.have
+        self.sent_have |= new  # what the peer was told; the pieces left out are told at completion
         self.sock.sendall(b"".join(frames))
 
     def _send_peers(self):

@@ -11,6 +11,7 @@ import os
 import threading
 
 import gevent
+from gevent.lock import Semaphore
 from gevent.socket import wait_write
 
 from . import log
@@ -20,7 +21,9 @@ SCAN_BATCH_BYTES = 8 << 20  # verify the existing file in 8 MiB steps, publishin
 FSYNC_INTERVAL_S = 1.0  # flush written pieces at most once a second: fsync never dominates transfer
 SEND_STALL_S = 10.0  # a peer that reads nothing for this long is gone
 CHUNK_BYTES = 256 << 10  # received pieces are verified and written in chunks of whole pieces this big
-SPARE_CHUNKS = 32  # free chunk buffers kept for reuse (8 MiB at 256 KiB)
+CHUNKS_IN_FLIGHT = 8  # per node: received, not yet hashed and written. Receiving runs ahead of the
+#                       pool; unbounded, 60 starved nodes each filled a fresh buffer per chunk of the
+#                       file, and zeroing new memory was 13% of all CPU in S3
 
 
 def good_pieces(info, first, data, skip=0):
@@ -66,16 +69,20 @@ class Storage:
         self.chunk_pieces = max(1, CHUNK_BYTES // info.piece_size)
         self._chunk_bytes = self.chunk_pieces * info.piece_size
         self._spare = []
+        self._slots = Semaphore(CHUNKS_IN_FLIGHT)
 
-    # -- receive buffers: reused, since a fresh bytearray costs a page fault per 4 KiB on first
-    # touch (measured in S3: zeroing new 1 MiB buffers took 13% of all CPU) -------------------
+    # -- receive buffers: few and reused, since fresh memory costs a page fault per 4 KiB ---------
     def take_buffer(self):
-        """A buffer for one chunk (chunk_pieces whole pieces); hand it back with give_buffer."""
+        """A buffer for one chunk (chunk_pieces whole pieces); waits while CHUNKS_IN_FLIGHT are
+        out. Every buffer taken must be handed back with give_buffer."""
+        self._slots.acquire()
         return self._spare.pop() if self._spare else bytearray(self._chunk_bytes)
 
     def give_buffer(self, buf):
-        if len(self._spare) < SPARE_CHUNKS:
+        """Hand a buffer back; None if it is lost (its connection died while a thread used it)."""
+        if buf is not None:
             self._spare.append(buf)
+        self._slots.release()
 
     def open(self):
         """Open (creating if missing) and size the file to exactly info.size bytes."""

@@ -210,7 +210,7 @@ def test_wrong_piece_data_is_discarded_and_refetched_elsewhere(swarm, torrent_fa
 
 def test_pieces_of_a_frame_are_verified_one_by_one_across_chunks(swarm, torrent_factory, monkeypatch):
     """A frame spans several chunks (hashed and written separately); one bad piece in it costs
-    that piece only, and the chunk buffers are reused rather than allocated per frame."""
+    that piece only, and the chunk buffers are bounded and accounted for when a link dies."""
     from node import storage
     monkeypatch.setattr(storage, "CHUNK_BYTES", 4 * 1024)  # 4 pieces per chunk
     t = torrent_factory(256 * 1024, 1024, seed=12)
@@ -221,7 +221,9 @@ def test_pieces_of_a_frame_are_verified_one_by_one_across_chunks(swarm, torrent_
         assert swarm.wait(lambda: liar.requests >= 1 and not node.state.requested, 5)
         # Every answer's first piece was wrong, the rest right: the rest is kept.
         assert node.state.counters["pieces_in"] >= node.state.counters["pieces_bad"] * 3
-        assert 0 < len(node.storage._spare) <= storage.SPARE_CHUNKS
+        # The liar is banned with chunks in flight: their slots come back, no more buffers exist.
+        assert swarm.wait(lambda: node.storage._slots.counter == storage.CHUNKS_IN_FLIGHT, 5)
+        assert len(node.storage._spare) <= storage.CHUNKS_IN_FLIGHT
         assert all(len(b) == 4 * 1024 for b in node.storage._spare)
         swarm.start(0, t.conf(peers(swarm, 1)), data=t.data)
         assert swarm.wait_complete()
@@ -285,3 +287,4 @@ def test_metadata_learned_after_the_handshake_still_spreads_on_the_same_link(swa
     node1.learn_meta(parse_file_info(t.conf()["FileInfo"]), source="test")
     assert swarm.wait(lambda: node2.state.info is not None, 1.5)
     assert node2.meta_source == swarm.ip(1)
+
