@@ -6,6 +6,7 @@ Hashing and disk writes run in gevent's thread pool (hashlib and os.pwrite relea
 event loop keeps moving bytes on the other core meanwhile.
 """
 
+import collections
 import hashlib
 import os
 import threading
@@ -17,7 +18,8 @@ from gevent.socket import wait_write
 from . import log
 from .picker import runs
 
-SCAN_BATCH_BYTES = 8 << 20  # verify the existing file in 8 MiB steps, publishing pieces as they pass
+SCAN_BATCH_BYTES = 2 << 20  # verify the existing file in 2 MiB steps, publishing pieces as they pass
+SCAN_THREADS = 2  # batches checked at once (hashing runs on both cores), each in a reused buffer
 FSYNC_INTERVAL_S = 1.0  # flush written pieces at most once a second: fsync never dominates transfer
 SEND_STALL_S = 10.0  # a peer that reads nothing for this long is gone
 CHUNK_BYTES = 256 << 10  # received pieces are verified and written in chunks of whole pieces this big
@@ -98,20 +100,40 @@ class Storage:
         return gevent.get_hub().threadpool.apply(fn, args)
 
     def scan(self, on_batch):
-        """Verify every piece already on disk, in batches; on_batch(first, count, good_bits)."""
+        """Verify every piece already on disk, in batches, in order; on_batch(first, count, good).
+        Reading into reused buffers: a fresh 8 MiB bytes object per batch cost S4's 16 nodes
+        256 MiB of page faults."""
         info = self.info
         per_batch = max(1, SCAN_BATCH_BYTES // info.piece_size)
+        pool = gevent.get_hub().threadpool
+        free, pending = [], collections.deque()
         for first in range(0, info.n_pieces, per_batch):
+            if len(pending) == SCAN_THREADS:
+                free.append(self._publish(pending.popleft(), on_batch))
             count = min(per_batch, info.n_pieces - first)
-            good = self._run(self._check_batch, first, count)
-            on_batch(first, count, good)
+            buf = free.pop() if free else bytearray(per_batch * info.piece_size)
+            pending.append((first, count, buf, pool.spawn(self._check_batch, first, count, buf)))
+        while pending:
+            self._publish(pending.popleft(), on_batch)
 
-    def _check_batch(self, first, count):
+    @staticmethod
+    def _publish(batch, on_batch):
+        first, count, buf, job = batch
+        on_batch(first, count, job.get())
+        return buf
+
+    def _check_batch(self, first, count, buf):
         offset, length = self.info.span(first, count)
         if offset >= self.size_before and not self.written >> first & ((1 << count) - 1):
             return zero_pieces(self.info, first, count)  # ftruncate made these: nothing to read
-        data = os.pread(self.fd, length, offset)
-        return good_pieces(self.info, first, memoryview(data))
+        view = memoryview(buf)[:length]
+        got = 0
+        while got < length:
+            n = os.preadv(self.fd, [view[got:]], offset + got)
+            if n == 0:
+                raise OSError(f"{self.path}: shorter than {offset + length} bytes while scanning")
+            got += n
+        return good_pieces(self.info, first, view)
 
     def write(self, first, data, skip=0):
         """Verify pieces first.. in `data` and pwrite the good ones; returns the good bitset.
