@@ -18,8 +18,8 @@ from gevent.socket import wait_write
 from . import log
 from .picker import runs
 
-SCAN_BATCH_BYTES = 2 << 20  # verify the existing file in 2 MiB steps, publishing pieces as they pass
-SCAN_THREADS = 2  # batches checked at once (hashing runs on both cores), each in a reused buffer
+SCAN_BATCH_BYTES = 1 << 20  # verify the existing file in 1 MiB steps, publishing pieces as they pass
+SCAN_THREADS = 2  # batches checked at once: hashing runs on both cores
 FSYNC_INTERVAL_S = 1.0  # flush written pieces at most once a second: fsync never dominates transfer
 SEND_STALL_S = 10.0  # a peer that reads nothing for this long is gone
 CHUNK_BYTES = 256 << 10  # received pieces are verified and written in chunks of whole pieces this big
@@ -81,7 +81,8 @@ class Storage:
         return self._spare.pop() if self._spare else bytearray(self._chunk_bytes)
 
     def give_buffer(self, buf):
-        """Hand a buffer back; None if it is lost (its connection died while a thread used it)."""
+        """Hand a buffer back; None if it is lost (its connection died while a thread used it).
+        Spares are never dropped: there are at most CHUNKS_IN_FLIGHT plus the scan's."""
         if buf is not None:
             self._spare.append(buf)
         self._slots.release()
@@ -101,39 +102,54 @@ class Storage:
 
     def scan(self, on_batch):
         """Verify every piece already on disk, in batches, in order; on_batch(first, count, good).
-        Reading into reused buffers: a fresh 8 MiB bytes object per batch cost S4's 16 nodes
-        256 MiB of page faults."""
+        The batches are read into chunk buffers, which receiving reuses afterwards: a fresh 8 MiB
+        bytes object per batch cost S4's 16 nodes 256 MiB of page faults."""
         info = self.info
-        per_batch = max(1, SCAN_BATCH_BYTES // info.piece_size)
+        chunks = max(1, SCAN_BATCH_BYTES // self._chunk_bytes)
+        per_batch = chunks * self.chunk_pieces
         pool = gevent.get_hub().threadpool
-        free, pending = [], collections.deque()
+        pending = collections.deque()
         for first in range(0, info.n_pieces, per_batch):
             if len(pending) == SCAN_THREADS:
-                free.append(self._publish(pending.popleft(), on_batch))
+                self._publish(pending.popleft(), on_batch)
             count = min(per_batch, info.n_pieces - first)
-            buf = free.pop() if free else bytearray(per_batch * info.piece_size)
-            pending.append((first, count, buf, pool.spawn(self._check_batch, first, count, buf)))
+            bufs = [] if self._untouched(first, count) else [
+                self._spare.pop() if self._spare else bytearray(self._chunk_bytes)
+                for _ in range(-(-count // self.chunk_pieces))]
+            pending.append((first, count, bufs, pool.spawn(self._check_batch, first, count, bufs)))
         while pending:
             self._publish(pending.popleft(), on_batch)
 
-    @staticmethod
-    def _publish(batch, on_batch):
-        first, count, buf, job = batch
-        on_batch(first, count, job.get())
-        return buf
+    def _publish(self, batch, on_batch):
+        first, count, bufs, job = batch
+        good = job.get()
+        self._spare.extend(bufs)
+        on_batch(first, count, good)
 
-    def _check_batch(self, first, count, buf):
-        offset, length = self.info.span(first, count)
-        if offset >= self.size_before and not self.written >> first & ((1 << count) - 1):
-            return zero_pieces(self.info, first, count)  # ftruncate made these: nothing to read
-        view = memoryview(buf)[:length]
-        got = 0
-        while got < length:
-            n = os.preadv(self.fd, [view[got:]], offset + got)
-            if n == 0:
-                raise OSError(f"{self.path}: shorter than {offset + length} bytes while scanning")
-            got += n
-        return good_pieces(self.info, first, view)
+    def _untouched(self, first, count):
+        """Pieces first.. lie past the file's old end and were not written since: all zeros."""
+        return (self.info.piece_offset(first) >= self.size_before
+                and not self.written >> first & ((1 << count) - 1))
+
+    def _check_batch(self, first, count, bufs):
+        info = self.info
+        if not bufs:
+            return zero_pieces(info, first, count)  # ftruncate made these: nothing to read
+        offset, length = info.span(first, count)
+        good, end = 0, offset + length
+        for buf in bufs:
+            n = min(len(buf), end - offset)
+            view = memoryview(buf)[:n]
+            got = 0
+            while got < n:
+                k = os.preadv(self.fd, [view[got:]], offset + got)
+                if k == 0:
+                    raise OSError(f"{self.path}: shorter than {end} bytes while scanning")
+                got += k
+            good |= good_pieces(info, first, view)
+            first += self.chunk_pieces
+            offset += n
+        return good
 
     def write(self, first, data, skip=0):
         """Verify pieces first.. in `data` and pwrite the good ones; returns the good bitset.

@@ -130,17 +130,22 @@ def test_short_last_piece_alone_is_recognised(opened):
     assert good == bits(last)
 
 
-def test_scan_batches_cover_every_piece_once(opened, monkeypatch):
-    monkeypatch.setattr(storage, "SCAN_BATCH_BYTES", 3 * PIECE)
+@pytest.mark.parametrize("chunk", [PIECE, 2 * PIECE])
+def test_scan_batches_cover_every_piece_once(opened, monkeypatch, chunk):
+    """Batches of 3 pieces, read into chunk buffers of 1 or 2 pieces; the buffers are kept."""
+    monkeypatch.setattr(storage, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(storage, "SCAN_BATCH_BYTES", 3 * chunk)
     data, info = make_info()
     content = bytearray(data)
     content[info.piece_offset(4)] ^= 1
     st, _ = opened(bytes(content), info)
     good, batches = scan_all(st)
-    assert [(f, c) for f, c, _ in batches] == [(0, 3), (3, 3), (6, 2)]
+    per = 3 * chunk // PIECE
+    assert [(f, c) for f, c, _ in batches] == [(f, min(per, 8 - f)) for f in range(0, 8, per)]
     for first, count, g in batches:
         assert g & ~(((1 << count) - 1) << first) == 0  # a batch only reports its own pieces
     assert good == bits(0, 1, 2, 3, 5, 6, 7)
+    assert 0 < len(st._spare) <= storage.SCAN_THREADS * 3  # receiving reuses them
 
 
 def test_good_pieces_directly():
