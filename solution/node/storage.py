@@ -9,14 +9,16 @@ event loop keeps moving bytes on the other core meanwhile.
 import collections
 import hashlib
 import os
-import threading
 
 import gevent
+from gevent import monkey
 from gevent.lock import Semaphore
 from gevent.socket import wait_write
 
 from . import log
 from .picker import runs
+
+_os_lock = monkey.get_original("_thread", "allocate_lock")
 
 SCAN_BATCH_BYTES = 1 << 20  # verify the existing file in 1 MiB steps, publishing pieces as they pass
 SCAN_THREADS = 2  # batches checked at once: hashing runs on both cores
@@ -65,7 +67,8 @@ class Storage:
         self.fd = None
         self.size_before = 0  # bytes the file held before we sized it; beyond that it is zeros...
         self.written = 0  # ...except for pieces we wrote since (bitset)
-        self._lock = threading.Lock()  # writes of several frames run in pool threads at once
+        # Pool threads share these: real OS locks, not gevent's (monkey-patched threading.Lock).
+        self._lock = _os_lock()  # bookkeeping of what was written
         self._dirty = False
         self._syncer = None
         self.chunk_pieces = max(1, CHUNK_BYTES // info.piece_size)
