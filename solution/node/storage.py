@@ -3,12 +3,14 @@
 Rule: the file is only ever changed with ftruncate and pwrite on its own descriptor (it may be a bind
 mount: never replace it by rename), and only pieces whose SHA-1 matched are written.
 Hashing and disk writes run in gevent's thread pool (hashlib and os.pwrite release the GIL), so the
-event loop keeps moving bytes on the other core meanwhile.
+event loop keeps moving bytes on the other core meanwhile; on a machine with more busy threads than
+cores, received pieces are verified and written at once instead (see write_async).
 """
 
 import collections
 import hashlib
 import os
+import time
 
 import gevent
 from gevent import monkey
@@ -25,6 +27,8 @@ SCAN_THREADS = 2  # batches checked at once: hashing runs on both cores
 FSYNC_INTERVAL_S = 1.0  # flush written pieces at most once a second: fsync never dominates transfer
 SEND_STALL_S = 10.0  # a peer that reads nothing for this long is gone
 CHUNK_BYTES = 256 << 10  # received pieces are verified and written in chunks of whole pieces this big
+LOAD_SAMPLE_S = 0.25  # how often write_async looks at how busy the machine is
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 CHUNKS_IN_FLIGHT = 8  # per node: received, not yet hashed and written. Receiving runs ahead of the
 #                       pool; unbounded, 60 starved nodes each filled a fresh buffer per chunk of the
 #                       file, and zeroing new memory was 13% of all CPU in S3
@@ -39,6 +43,34 @@ def good_pieces(info, first, data, skip=0):
             good |= 1 << i
         off += n
     return good
+
+
+def machine_busy():
+    """True when the machine has more runnable threads than twice its cores (the 4th field of
+    /proc/loadavg, machine-wide even in a container); False where that cannot be read."""
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return running > 2 * CPUS
+
+
+class _Done:
+    """What write_async returns when it did the work itself: .get() gives the result, or raises
+    what the work raised (a failed pwrite), as a pool job's .get() would."""
+
+    def __init__(self, fn, *args):
+        self.value = self.error = None
+        try:
+            self.value = fn(*args)
+        except Exception as e:  # noqa: BLE001 - handed to whoever calls get()
+            self.error = e
+
+    def get(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def zero_pieces(info, first, count):
@@ -75,6 +107,7 @@ class Storage:
         self._chunk_bytes = self.chunk_pieces * info.piece_size
         self._spare = []
         self._slots = Semaphore(CHUNKS_IN_FLIGHT)
+        self._busy, self._busy_until = False, 0.0
 
     # -- receive buffers: few and reused, since fresh memory costs a page fault per 4 KiB ---------
     def take_buffer(self):
@@ -161,8 +194,20 @@ class Storage:
 
     def write_async(self, first, data, skip=0):
         """`write` started in the thread pool; `.get()` on the result waits for the good bitset.
-        Several may run at once (both cores hash and fill the page cache)."""
+        Several may run at once (both cores hash and fill the page cache). On a machine busier
+        than its cores, though, a pool thread finds no free core: it only adds thread switches and
+        wake-ups, so the work is done at once, here (measured: S2 2.8 -> 2.3 s, S3 2.3 -> 1.9 s,
+        S4 0.90 -> 0.71 s, with 16 to 60 node processes on 2 cores)."""
+        if self._machine_busy():
+            return _Done(self._verify_and_write, first, data, skip)
         return gevent.get_hub().threadpool.spawn(self._verify_and_write, first, data, skip)
+
+    def _machine_busy(self):
+        now = time.monotonic()
+        if now >= self._busy_until:
+            self._busy_until = now + LOAD_SAMPLE_S
+            self._busy = machine_busy()
+        return self._busy
 
     def _verify_and_write(self, first, data, skip):
         good = good_pieces(self.info, first, data, skip)

@@ -333,3 +333,36 @@ def test_written_pieces_past_the_old_end_are_read_back_by_a_later_scan(tmp_path)
         assert got == [bits(1)]
     finally:
         st.close()
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_write_async_gives_the_same_result_in_the_pool_or_at_once(opened, monkeypatch, busy):
+    monkeypatch.setattr(storage, "machine_busy", lambda: busy)
+    data, info = make_info()
+    st, _ = opened(bytes(SIZE), info)
+    chunk = bytearray(data[:4 * PIECE])
+    chunk[2 * PIECE] ^= 1
+    assert st.write_async(0, chunk).get() == bits(0, 1, 3)
+    os.close(st.fd)  # a failing pwrite reaches whoever waits on the result
+    with pytest.raises(OSError):
+        st.write_async(4, data[4 * PIECE:6 * PIECE]).get()
+    st.fd = None
+
+
+def test_machine_busy_reads_the_runnable_count(monkeypatch, tmp_path):
+    import builtins
+    real_open = builtins.open
+
+    def fake(running):
+        def opener(path, *a, **k):
+            if path == "/proc/loadavg":
+                p = tmp_path / "loadavg"
+                p.write_text(f"0.50 0.40 0.30 {running}/300 4242\n")
+                return real_open(p, *a, **k)
+            return real_open(path, *a, **k)
+        return opener
+
+    monkeypatch.setattr(builtins, "open", fake(2 * storage.CPUS + 1))
+    assert storage.machine_busy() is True
+    monkeypatch.setattr(builtins, "open", fake(storage.CPUS))
+    assert storage.machine_busy() is False
