@@ -288,3 +288,15 @@ def test_metadata_learned_after_the_handshake_still_spreads_on_the_same_link(swa
     assert swarm.wait(lambda: node2.state.info is not None, 1.5)
     assert node2.meta_source == swarm.ip(1)
 
+
+
+def test_start_up_skips_plugin_lookups_and_unused_patches():
+    """Start-up cost matters at 60 nodes on 2 cores: no entry-point scan, no ssl, sockets patched."""
+    code = ("import sys; from node.__main__ import _patch_all; _patch_all(); "
+            "import socket, gevent.socket; "
+            "print('ssl' in sys.modules, 'pkg_resources' in sys.modules, "
+            "'importlib.metadata' in sys.modules, socket.socket is gevent.socket.socket)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=SOLUTION, capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "False", "True"]
