@@ -136,3 +136,39 @@ def test_stalled_peer_costs_only_its_requests(swarm, torrent_factory):
         assert swarm.wait(lambda: not any(c.ip == swarm.ip(9) for c in node.state.conns.values()), 8)
     finally:
         staller.server.stop()
+
+
+def read_frames(sock, want, within=3.0):
+    """Messages from the node until `want(msgs)` holds (or the time is up)."""
+    dec, msgs = wire.Decoder(), []
+    sock.settimeout(within)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and not want(msgs):
+        data = sock.recv(65536)
+        if not data:
+            break
+        msgs.extend(dec.feed(data))
+    return msgs
+
+
+@pytest.mark.parametrize("split", ["one_send", "byte_by_byte"])
+def test_frames_are_read_however_the_bytes_arrive(swarm, torrent_factory, split):
+    """Many frames in one segment, or one frame over many: the node reads each exactly once."""
+    t = torrent_factory(8 * 1024, 1024, seed=4)
+    info = parse_file_info(t.conf()["FileInfo"])
+    swarm.start(0, t.conf([]), data=t.data)
+    assert swarm.wait_complete()
+    sock = raw_client(swarm, 0)
+    frames = (hello(info.meta_id, port=0) + wire.encode(wire.Bitfield(b"\x00"))
+              + b"".join(wire.encode(wire.Have(i, 1)) for i in range(3))
+              + wire.encode(wire.Request(0, 2)) + wire.encode(wire.Request(5, 3)))
+    if split == "one_send":
+        sock.sendall(frames)
+    else:
+        for i in range(len(frames)):
+            sock.sendall(frames[i:i + 1])
+            gevent.sleep(0.001)
+    msgs = read_frames(sock, lambda m: sum(isinstance(x, wire.Pieces) for x in m) == 2)
+    pieces = {(m.first, m.count): m.data for m in msgs if isinstance(m, wire.Pieces)}
+    assert pieces == {(0, 2): t.data[:2048], (5, 3): t.data[5 * 1024:8 * 1024]}
+    sock.close()
