@@ -8,7 +8,8 @@ may queue with us is bounded (MAX_PEER_REQUESTS), and a peer that exceeds it is 
 The reader receives a PIECES frame in chunks of whole pieces (storage.CHUNK_BYTES), hands each to
 the thread pool (hash, then pwrite the good pieces) as soon as it is in, and goes on receiving; the
 verifier takes the results in order and accounts for them, so pieces are announced chunk by chunk,
-before the rest of their frame has arrived. The chunk buffers come from the storage, which reuses
+before the rest of their frame has arrived. On a busy machine the storage does that work at once,
+and the reader accounts for the chunk itself (no verifier hop, and its buffer is reused at once). The chunk buffers come from the storage, which reuses
 them and bounds how many a node has in flight, so memory stays bounded.
 """
 
@@ -83,6 +84,7 @@ class Conn:
         self._rpos = self._rend = 0  # unread bytes of _rbuf
         self._verify_q = Queue()  # received chunks, in order; bounded by storage.take_buffer
         self._buffers_out = 0  # chunk buffers taken from the storage and not yet given back
+        self._verifying = 0  # chunks in _verify_q or being finished by the verifier
         self.arrived = set()  # firsts of our requests whose data arrives or awaits the verifier
         self._writer = self._verifier = self._reader = None
         self._cleaning = False
@@ -284,8 +286,6 @@ class Conn:
             raise wire.WireError(f"pieces {first}+{count} carry {nbytes} bytes")
         self.arrived.add(first)
         storage, end, at = self.node.storage, first + count, first
-        if self._verifier is None:
-            self._verifier = gevent.spawn(self._verify_loop)
         while at < end:
             k = min(storage.chunk_pieces, end - at)
             self._reader_waiting = True  # close() must interrupt this wait: recv would see EOF, it not
@@ -296,32 +296,44 @@ class Conn:
             self._buffers_out += 1
             view = self._recv_into(buf, info.span(at, k)[1])
             job = storage.write_async(at, view, skip=self.state.have)
-            self._verify_q.put((at, k, buf, view, job, first if at + k == end else None))
+            chunk = (at, k, buf, view, job, first if at + k == end else None)
+            if job.ready() and not self._verifying:
+                self._chunk_done(*chunk)  # done already (a busy machine): account for it now
+            else:
+                if self._verifier is None:
+                    self._verifier = gevent.spawn(self._verify_loop)
+                self._verifying += 1
+                self._verify_q.put(chunk)  # in order, after the chunks still in the pool
             at += k
 
     def _verify_loop(self):
         try:
             while True:
-                first, count, buf, view, job, request_done = self._verify_q.get()
-                good = job.get()
-                nbytes = len(view)
-                view.release()
-                self._buffers_out -= 1
-                self.node.storage.give_buffer(buf)
-                # Only now are these pieces done: while the pool hashed, they stayed "mine", so
-                # the endgame could not ask this same peer for them again.
-                if request_done is not None:
-                    del self.mine[request_done]
-                    self.arrived.discard(request_done)
-                span = picker.span_bits(first, count)
-                self.mine_bits &= ~span
-                self._account(first, count, span, good, nbytes)
-                self.kick()
+                self._chunk_done(*self._verify_q.get())
+                self._verifying -= 1
         except Closed as e:
             self.close(str(e))
+
+    def _chunk_done(self, first, count, buf, view, job, request_done):
+        """A chunk was hashed (and its good pieces written): account for it, hand its buffer back."""
+        try:
+            good = job.get()
         except OSError as e:
             log.error("write_failed", path=self.node.config.data_path, why=str(e), result="closing")
-            self.close(f"data file write failed: {e}")
+            raise Closed(f"data file write failed: {e}") from None
+        nbytes = len(view)
+        view.release()
+        self._buffers_out -= 1
+        self.node.storage.give_buffer(buf)
+        # Only now are these pieces done: while the pool hashed, they stayed "mine", so the
+        # endgame could not ask this same peer for them again.
+        if request_done is not None:
+            del self.mine[request_done]
+            self.arrived.discard(request_done)
+        span = picker.span_bits(first, count)
+        self.mine_bits &= ~span
+        self._account(first, count, span, good, nbytes)
+        self.kick()
 
     def _account(self, first, count, span, good, nbytes):
         s = self.state

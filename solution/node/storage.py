@@ -72,6 +72,10 @@ class _Done:
             raise self.error
         return self.value
 
+    @staticmethod
+    def ready():
+        return True
+
 
 def zero_pieces(info, first, count):
     """Bitset of pieces first.. that are correct if they hold only zero bytes (a rare file, but
