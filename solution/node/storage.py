@@ -18,7 +18,7 @@ from gevent.lock import Semaphore
 from gevent.socket import wait_write
 
 from . import log
-from .picker import runs
+from .picker import runs, span_bits
 
 _os_lock = monkey.get_original("_thread", "allocate_lock")
 
@@ -80,13 +80,13 @@ class _Done:
 def zero_pieces(info, first, count):
     """Bitset of pieces first.. that are correct if they hold only zero bytes (a rare file, but
     a hole left by ftruncate must still count when its expected content is zeros)."""
-    zero = {}
+    if count <= 0:
+        return 0
+    lengths = {info.piece_len(first), info.piece_len(first + count - 1)}  # only the last differs
+    zero = {n: hashlib.sha1(bytes(n)).digest() for n in lengths}
     good = 0
     for i in range(first, first + count):
-        n = info.piece_len(i)
-        if n not in zero:
-            zero[n] = hashlib.sha1(bytes(n)).digest()
-        if info.hashes[i] == zero[n]:
+        if info.hashes[i] == zero.get(info.piece_len(i)):
             good |= 1 << i
     return good
 
@@ -152,13 +152,19 @@ class Storage:
         for first in range(0, info.n_pieces, per_batch):
             if len(pending) == SCAN_THREADS:
                 self._publish(pending.popleft(), on_batch)
+            if info.piece_offset(first) >= self.size_before:
+                break  # the rest is what ftruncate added: zeros, but for pieces written since
             count = min(per_batch, info.n_pieces - first)
-            bufs = [] if self._untouched(first, count) else [
-                self._spare.pop() if self._spare else bytearray(self._chunk_bytes)
-                for _ in range(-(-count // self.chunk_pieces))]
+            bufs = [self._spare.pop() if self._spare else bytearray(self._chunk_bytes)
+                    for _ in range(-(-count // self.chunk_pieces))]
             pending.append((first, count, bufs, pool.spawn(self._check_batch, first, count, bufs)))
+        else:
+            first = info.n_pieces
         while pending:
             self._publish(pending.popleft(), on_batch)
+        if first < info.n_pieces:  # nothing to read there: one step (an empty 1 GiB file took 1 s)
+            count = info.n_pieces - first
+            on_batch(first, count, zero_pieces(info, first, count) | self.written & span_bits(first, count))
 
     def _publish(self, batch, on_batch):
         first, count, bufs, job = batch
@@ -166,15 +172,8 @@ class Storage:
         self._spare.extend(bufs)
         on_batch(first, count, good)
 
-    def _untouched(self, first, count):
-        """Pieces first.. lie past the file's old end and were not written since: all zeros."""
-        return (self.info.piece_offset(first) >= self.size_before
-                and not self.written >> first & ((1 << count) - 1))
-
     def _check_batch(self, first, count, bufs):
         info = self.info
-        if not bufs:
-            return zero_pieces(info, first, count)  # ftruncate made these: nothing to read
         offset, length = info.span(first, count)
         good, end = 0, offset + length
         for buf in bufs:
