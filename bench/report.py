@@ -68,9 +68,10 @@ def aggregate(data):
         out.setdefault(r["scenario"], {}).setdefault(r["impl"], []).append(r)
     agg = {}
     for sc, by_impl in out.items():
-        agg[sc] = {impl: {k: _stats([r[k] for r in rs]) for k in
+        agg[sc] = {impl: {k: _stats([r.get(k) for r in rs]) for k in
                           ("sync_s", "from_spawn_s", "startup_med_s", "startup_max_s", "peak_rss_mb",
-                           "first_complete_s")} | {"bytes_to_move": rs[0].get("bytes_to_move")}
+                           "first_complete_s", "cpu_s", "cpu_sys_s", "minor_faults")}
+                   | {"bytes_to_move": rs[0].get("bytes_to_move")}
                    for impl, rs in by_impl.items()}
     pipe = {}
     for threads, rs in data["pipeline"].items():
@@ -137,6 +138,19 @@ def markdown(data):
                 if key == "startup_med_s" and st:
                     extra = f" [max {by[impl]['startup_max_s'][0]:.2f}]"
                 cells.append(_fmt(st) + extra)
+        L.append(f"| {sc} | " + " | ".join(cells) + " |")
+    L += ["", "## CPU", "",
+          "CPU seconds all of a run's processes used in the timed span (user + system; system in brackets), "
+          "and memory they faulted in (MiB): on 2 cores, the swarms of 16 and 60 nodes are CPU-bound.", "",
+          "| scenario | CPU ours | CPU lt | faulted ours | faulted lt |", "|---|---|---|---|---|"]
+    for sc, by in agg.items():
+        cells = []
+        for impl in ("ours", "libtorrent"):
+            cpu, sys_ = by.get(impl, {}).get("cpu_s"), by.get(impl, {}).get("cpu_sys_s")
+            cells.append(f"{_fmt(cpu)} [{sys_[0]:.2f}]" if cpu and sys_ else "–")
+        for impl in ("ours", "libtorrent"):
+            f = by.get(impl, {}).get("minor_faults")
+            cells.append(f"{f[0] * 4 / 1024:.0f}" if f else "–")
         L.append(f"| {sc} | " + " | ".join(cells) + " |")
     L += ["", "## Memory", "", "Peak RSS (VmHWM, read just before the node is stopped), largest node of the run, MB:", "",
           "| scenario | ours | libtorrent |", "|---|---|---|"]
