@@ -45,15 +45,17 @@ def good_pieces(info, first, data, skip=0):
     return good
 
 
-def machine_busy():
-    """True when the machine has more runnable threads than twice its cores (the 4th field of
-    /proc/loadavg, machine-wide even in a container); False where that cannot be read."""
+def machine_busy(own_threads=1):
+    """True when other processes keep more threads runnable than twice the cores (the 4th field
+    of /proc/loadavg, machine-wide even in a container, less our own `own_threads`: our pool
+    threads at work must not count, or a 2-node swarm would talk itself out of its pool);
+    False where that cannot be read."""
     try:
         with open("/proc/loadavg") as f:
             running = int(f.read().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return False
-    return running > 2 * CPUS
+    return running - own_threads > 2 * CPUS
 
 
 class _Done:
@@ -209,7 +211,7 @@ class Storage:
         now = time.monotonic()
         if now >= self._busy_until:
             self._busy_until = now + LOAD_SAMPLE_S
-            self._busy = machine_busy()
+            self._busy = machine_busy(1 + gevent.get_hub().threadpool.size)
         return self._busy
 
     def _verify_and_write(self, first, data, skip):

@@ -340,7 +340,7 @@ def test_written_pieces_past_the_old_end_are_read_back_by_a_later_scan(tmp_path)
 
 @pytest.mark.parametrize("busy", [False, True])
 def test_write_async_gives_the_same_result_in_the_pool_or_at_once(opened, monkeypatch, busy):
-    monkeypatch.setattr(storage, "machine_busy", lambda: busy)
+    monkeypatch.setattr(storage, "machine_busy", lambda own_threads=1: busy)
     data, info = make_info()
     st, _ = opened(bytes(SIZE), info)
     chunk = bytearray(data[:4 * PIECE])
@@ -365,7 +365,8 @@ def test_machine_busy_reads_the_runnable_count(monkeypatch, tmp_path):
             return real_open(path, *a, **k)
         return opener
 
-    monkeypatch.setattr(builtins, "open", fake(2 * storage.CPUS + 1))
-    assert storage.machine_busy() is True
+    monkeypatch.setattr(builtins, "open", fake(2 * storage.CPUS + 2))
+    assert storage.machine_busy(own_threads=1) is True
+    assert storage.machine_busy(own_threads=3) is False  # our own pool threads do not count
     monkeypatch.setattr(builtins, "open", fake(storage.CPUS))
     assert storage.machine_busy() is False
