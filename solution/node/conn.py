@@ -217,6 +217,8 @@ class Conn:
 
     def _read_loop(self):
         while True:
+            if self.reason is not None:  # closed from elsewhere: data may still sit in the socket
+                raise Closed(self.reason)
             kind, n = wire.decode_header(self._recv(wire.HEADER.size))
             self.last_rx = time.monotonic()
             if kind == wire.PIECES:
@@ -288,6 +290,8 @@ class Conn:
         storage, end, at = self.node.storage, first + count, first
         while at < end:
             k = min(storage.chunk_pieces, end - at)
+            if self.reason is not None:  # closing (the verifier may be gone): never wait for slots
+                raise Closed(self.reason)
             self._reader_waiting = True  # close() must interrupt this wait: recv would see EOF, it not
             try:
                 buf = storage.take_buffer()  # waits while the node has enough chunks in flight
