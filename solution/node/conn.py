@@ -1,16 +1,11 @@
 """One peer connection: a reader greenlet running a blocking-style loop (read a frame, act on it),
-a writer greenlet that owns every send, and a verifier greenlet that hashes and writes pieces.
+a writer greenlet that owns every send, and (intake.py) a verifier greenlet for received pieces.
 
 Rule: only the writer sends. Both peers request from each other on one full-duplex link; if one
 greenlet both read and sent large responses, two peers sending at once with full socket buffers
 would each wait for the other to read, forever. The reader never blocks on the writer: what a peer
 may queue with us is bounded (MAX_PEER_REQUESTS), and a peer that exceeds it is closed.
-The reader receives a PIECES frame in chunks of whole pieces (storage.CHUNK_BYTES), hands each to
-the thread pool (hash, then pwrite the good pieces) as soon as it is in, and goes on receiving; the
-verifier takes the results in order and accounts for them, so pieces are announced chunk by chunk,
-before the rest of their frame has arrived. On a busy machine the storage does that work at once,
-and the reader accounts for the chunk itself (no verifier hop, and its buffer is reused at once). The chunk buffers come from the storage, which reuses
-them and bounds how many a node has in flight, so memory stays bounded.
+How frames are read and how received pieces are verified and accounted for: intake.py.
 """
 
 import random
@@ -21,6 +16,7 @@ from gevent.queue import Queue
 
 from . import log, picker, wire
 from .config import ConfigError, FileInfo, check_file_info
+from .intake import Closed, Intake
 from .storage import SEND_STALL_S
 
 # One REQUEST asks for a run of consecutive pieces: what is left to fetch, shared among the links
@@ -37,21 +33,13 @@ REQUEST_TIMEOUT_S = 4.0  # plus REQUEST_TIMEOUT_PER_MB_S per MiB, as Kraken scal
 REQUEST_TIMEOUT_PER_MB_S = 4.0
 USELESS_CLOSE_S = 3.0  # a link with nothing to exchange this long is closed (sockets are scarce)
 IDLE_TIMEOUT_S = 20.0  # no frame at all from the peer this long, nothing pending: it is gone
-MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
 HAVE_RUNS_MAX = 64  # beyond this many HAVE frames, one BITFIELD is cheaper
-
-READ_AHEAD = 4096  # read-ahead buffer per link; small, as fresh memory is dear (a 64 KiB buffer
-#                   per link cost 60 nodes 10% of their CPU in S3)
 
 _KICK = object()
 PROTOCOL_ERROR = "protocol error"  # prefix of a close reason that is the peer's fault
 
 
-class Closed(Exception):
-    """We decided to end this connection; the message says why."""
-
-
-class Conn:
+class Conn(Intake):
     def __init__(self, node, sock, ip, outbound, entry=None):
         self.node = node
         self.state = node.state
@@ -80,12 +68,7 @@ class Conn:
         self.rng = random.Random()
         self._queue = Queue()
         self._kicked = False
-        self._rbuf = bytearray(READ_AHEAD)  # grows to the largest control frame seen
-        self._rpos = self._rend = 0  # unread bytes of _rbuf
-        self._verify_q = Queue()  # received chunks, in order; bounded by storage.take_buffer
-        self._buffers_out = 0  # chunk buffers taken from the storage and not yet given back
-        self._verifying = 0  # chunks in _verify_q or being finished by the verifier
-        self.arrived = set()  # firsts of our requests whose data arrives or awaits the verifier
+        self._init_intake()
         self._writer = self._verifier = self._reader = None
         self._cleaning = False
         self._reader_waiting = False
@@ -173,48 +156,6 @@ class Conn:
         self.listen_port = msg.port
 
     # -- reading ------------------------------------------------------------------------------
-    def _recv(self, n):
-        """Exactly n bytes, as a view of the read-ahead buffer (valid until the next call). One
-        recv call brings in as many small frames as have arrived (a peer's HAVEs and REQUESTs
-        come several per send), instead of two calls per frame."""
-        if self._rend - self._rpos < n:
-            self._fill(n)
-        start = self._rpos
-        self._rpos = start + n
-        return memoryview(self._rbuf)[start:start + n]
-
-    def _fill(self, n):
-        buf, pos, end = self._rbuf, self._rpos, self._rend
-        have = end - pos
-        if len(buf) < n:  # a frame bigger than the buffer (bitfield, meta): a bigger one
-            buf = bytearray(max(n, 2 * len(buf)))
-            buf[:have] = self._rbuf[pos:end]
-            self._rbuf = buf
-        elif pos:
-            buf[:have] = buf[pos:end]  # same length: allowed while old views exist
-        view = memoryview(buf)[:max(n, READ_AHEAD)]  # no more: piece data goes to chunk buffers
-        while have < n:
-            k = self.sock.recv_into(view[have:])
-            if not k:
-                raise EOFError("peer closed the connection")
-            have += k
-        self._rpos, self._rend = 0, have
-
-    def _recv_into(self, buf, n):
-        """Exactly n bytes into buf (what the read-ahead holds first, then straight from the
-        socket); returns a view of them."""
-        view = memoryview(buf)[:n]
-        got = min(n, self._rend - self._rpos)
-        if got:
-            view[:got] = self._rbuf[self._rpos:self._rpos + got]
-            self._rpos += got
-        while got < n:
-            k = self.sock.recv_into(view[got:])
-            if not k:
-                raise EOFError("peer closed the connection")
-            got += k
-        return view
-
     def _read_loop(self):
         while True:
             if self.reason is not None:  # closed from elsewhere: data may still sit in the socket
@@ -277,90 +218,6 @@ class Conn:
             raise wire.WireError(f"more than {MAX_PEER_REQUESTS} requests queued")
         self.serving += 1
         self._queue.put((first, count))
-
-    def _on_pieces(self, n):
-        info = self.state.info
-        first, count = wire.RANGE.unpack(self._recv(wire.RANGE.size))
-        if self.mine.get(first, (None,))[0] != count or first in self.arrived:
-            raise wire.WireError(f"pieces {first}+{count} were not requested")
-        nbytes = n - wire.RANGE.size
-        if nbytes != info.span(first, count)[1]:
-            raise wire.WireError(f"pieces {first}+{count} carry {nbytes} bytes")
-        self.arrived.add(first)
-        storage, end, at = self.node.storage, first + count, first
-        while at < end:
-            k = min(storage.chunk_pieces, end - at)
-            if self.reason is not None:  # closing (the verifier may be gone): never wait for slots
-                raise Closed(self.reason)
-            self._reader_waiting = True  # close() must interrupt this wait: recv would see EOF, it not
-            try:
-                buf = storage.take_buffer()  # waits while the node has enough chunks in flight
-            finally:
-                self._reader_waiting = False
-            self._buffers_out += 1
-            view = self._recv_into(buf, info.span(at, k)[1])
-            job = storage.write_async(at, view, skip=self.state.have)
-            chunk = (at, k, buf, view, job, first if at + k == end else None)
-            if job.ready() and not self._verifying:
-                self._chunk_done(*chunk)  # done already (a busy machine): account for it now
-            else:
-                if self._verifier is None:
-                    self._verifier = gevent.spawn(self._verify_loop)
-                self._verifying += 1
-                self._verify_q.put(chunk)  # in order, after the chunks still in the pool
-            at += k
-
-    def _verify_loop(self):
-        try:
-            while True:
-                self._chunk_done(*self._verify_q.get())
-                self._verifying -= 1
-        except Closed as e:
-            self.close(str(e))
-
-    def _chunk_done(self, first, count, buf, view, job, request_done):
-        """A chunk was hashed (and its good pieces written): account for it, hand its buffer back."""
-        try:
-            good = job.get()
-        except OSError as e:
-            log.error("write_failed", path=self.node.config.data_path, why=str(e), result="closing")
-            raise Closed(f"data file write failed: {e}") from None
-        nbytes = len(view)
-        view.release()
-        self._buffers_out -= 1
-        self.node.storage.give_buffer(buf)
-        # Only now are these pieces done: while the pool hashed, they stayed "mine", so the
-        # endgame could not ask this same peer for them again.
-        if request_done is not None:
-            del self.mine[request_done]
-            self.arrived.discard(request_done)
-        span = picker.span_bits(first, count)
-        self.mine_bits &= ~span
-        self._account(first, count, span, good, nbytes)
-        self.kick()
-
-    def _account(self, first, count, span, good, nbytes):
-        s = self.state
-        s.count("bytes_in", nbytes)
-        new = good & ~s.have
-        s.count("pieces_in", new.bit_count())
-        s.count("dup_pieces", (span & s.have).bit_count())
-        bad = span & ~good & ~s.have
-        s.mark_have(good)
-        if bad:
-            s.count("pieces_bad", bad.bit_count())
-            self.has &= ~bad
-            s.release(bad)
-            self.strikes += bad.bit_count()
-            log.warning("piece_bad", peer=self.name, first=first, count=count,
-                        bad=bad.bit_count(), strikes=self.strikes, result="discarded")
-            if self.strikes >= MAX_BAD_PIECES:
-                self.node.ban(self)
-                raise Closed(f"{self.strikes} pieces failed their hash")
-        if new:
-            self.last_useful = time.monotonic()
-            self.productive = True
-            self.node.sources.add(self.name)
 
     def _on_reject(self, first, count):
         entry = self.mine.pop(first, None)
