@@ -127,7 +127,7 @@ def markdown(data):
     L += ["## Start-up and from-spawn times", "",
           "Start-up = spawn → `listening` line (median over a run's nodes; the max in brackets), all of a "
           "scenario's processes started at once on this machine's cores. From spawn = first spawn → last "
-          "node complete.", "",
+          "node complete, less the time the nodes are held while memory is warmed.", "",
           "| scenario | start-up ours | start-up lt | from spawn ours | from spawn lt |", "|---|---|---|---|---|"]
     for sc, by in agg.items():
         cells = []

@@ -101,7 +101,7 @@ class Proc:
             pass
         return None
 
-    def cpu_s(self):
+    def usage(self):
         """(user s, system s, minor page faults) the process has used so far; None once it is gone."""
         try:
             with open(f"/proc/{self.pid}/stat") as f:
@@ -168,7 +168,7 @@ def swarm_run(lab_, seed, impl, py, workdir, logdir, tag):
         t_pw = time.monotonic()
         prewrite(workdir, seed.bytes_to_move())
         t_pw = time.monotonic() - t_pw  # not part of from-spawn: the nodes are held meanwhile
-        cpu0 = [pr.cpu_s() for pr in procs]
+        cpu0 = [pr.usage() for pr in procs]
         t_cont = time.monotonic()
         for pr in procs:
             os.kill(pr.pid, signal.SIGCONT)
@@ -179,7 +179,7 @@ def swarm_run(lab_, seed, impl, py, workdir, logdir, tag):
         t_done = max(pr.t_complete for pr in procs)
         rss = [pr.peak_rss_mb() for pr in procs]
         cpu = [tuple(y - x for x, y in zip(a, b)) if None not in (a, b) else (0.0, 0.0, 0)
-               for a, b in zip(cpu0, (pr.cpu_s() for pr in procs))]
+               for a, b in zip(cpu0, (pr.usage() for pr in procs))]
     except RunError as e:
         for pr in procs:
             pr.stop()

@@ -177,8 +177,7 @@ class Conn(Intake):
             self._check_range(msg.first, msg.count)
             span = picker.span_bits(msg.first, msg.count)
             self.has |= span
-            s = self.state
-            if span & s.missing or (s.complete and self.has & s.full == s.full):
+            if span & self.state.missing or self._both_complete():
                 self.kick()  # something to request, or both are complete now: else nothing to do
         elif t is wire.Bitfield:
             self.has = int.from_bytes(msg.bits, "little")
@@ -286,6 +285,7 @@ class Conn(Intake):
         if self.reason is not None:
             return  # closing: request nothing more
         out = []
+        done = self._both_complete()
         if s.info is None:
             if self.knows_file and not self.meta_asked:
                 self.meta_asked = True
@@ -294,12 +294,16 @@ class Conn(Intake):
         else:
             self._announce(out)
             self._send_peers(out)
-            if not (s.complete and self.has & s.full == s.full):
+            if not done:
                 self._fill_requests(out)
         if out:
             self.sock.sendall(b"".join(out))
-        if s.complete and self.has & s.full == s.full:
+        if done:
             raise Closed("both complete")
+
+    def _both_complete(self):
+        s = self.state
+        return s.complete and self.has & s.full == s.full
 
     def _announce(self, out):
         s = self.state
