@@ -5,9 +5,12 @@ and each address of its own /24 (the grader puts every node in one /24). Bound t
 address (host tests), that is 127.0.0.0/24. The codec lives in `beacon`; this module moves bytes.
 
 Every node broadcasts an ANNOUNCE each second. The /24 probe sweep is the fallback for networks
-that drop broadcast: it runs only while no ANNOUNCE has been heard. On a network where broadcast
-works, sweeping would only add load: at 60 nodes, each sweep is ~15k probes, and every probe to an
-unused address makes the kernel broadcast ARP requests to every container.
+that drop broadcast: it runs only while no ANNOUNCE has been heard and the node has no link (a
+linked node learns addresses by peer exchange, and its peers learn it from its handshakes).
+Sweeping costs more than datagrams: each probe to an unused address makes the kernel broadcast
+ARP requests to every container and hold a neighbour entry, and the host's neighbour table is one
+for all containers (1024 entries by default). Late starters of a 60-node swarm that swept while
+linked overflowed it, and every new TCP connect on the host then timed out for seconds.
 """
 
 import fcntl
@@ -23,7 +26,9 @@ from . import beacon, log
 
 ANNOUNCE_INTERVAL_S = 1.0  # restarts are frequent: a returning peer is heard within a second
 PROBE_GAP_S = 0.004  # one probe every 4 ms: a /24 sweep takes about a second, ~250 datagrams/s
-FIRST_SWEEP_DELAY_S = (0.5, 1.5)  # random: peers' broadcasts get a chance to make it unneeded
+FIRST_SWEEP_DELAY_S = (1.0, 2.0)  # random, and over one ANNOUNCE_INTERVAL_S: every peer that runs
+#                                  has announced itself once, if broadcast works
+LINKED_RECHECK_S = 1.0  # while linked, no sweep: look again this often
 SWEEP_REPEAT_S = (2.0, 5.0)  # after the first sweeps, then every SWEEP_REPEAT_SLOW_S
 SWEEP_REPEAT_SLOW_S = 10.0  # while broadcast still seems not to work
 SIOCGIFADDR, SIOCGIFNETMASK = 0x8915, 0x891B
@@ -116,14 +121,20 @@ class Discovery:
                 self._send(beacon.ANNOUNCE, t)
             gevent.sleep(ANNOUNCE_INTERVAL_S)
 
+    def _sweep_needed(self):
+        return not self.broadcast_works and not self.node.state.conns
+
     def _probe_loop(self):
         sweeps = 0
         gevent.sleep(random.uniform(*FIRST_SWEEP_DELAY_S))
         while not self.broadcast_works:
+            if not self._sweep_needed():
+                gevent.sleep(LINKED_RECHECK_S)
+                continue
             t0 = time.monotonic()
             for iface in self.ifaces:
                 for ip in probe_targets(iface):
-                    if self.broadcast_works:
+                    if not self._sweep_needed():
                         break
                     if ip not in self._seen:
                         self._send(beacon.PROBE, ip)

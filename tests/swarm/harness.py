@@ -68,10 +68,11 @@ class RunResult:
 class SwarmRun:
     """One execution of PLAN with IMAGE; `execute()` returns a RunResult and always cleans up."""
 
-    def __init__(self, plan, image=None, log_level=None, out=print, workdir=None):
+    def __init__(self, plan, image=None, log_level=None, out=print, workdir=None, logs_dir=None):
         self.plan, self.out = plan, out
         self.image = image or os.environ.get("IMAGE", DEFAULT_IMAGE)
         self.log_level, self.workdir = log_level, workdir
+        self.logs_dir = logs_dir  # every container's whole log is saved here, pass or fail
         self.runid = uuid.uuid4().hex[:8]
         self.net = f"{NAME_PREFIX}-{self.runid}"
         self.names = [f"{NAME_PREFIX}-{self.runid}-{n.index}" for n in plan.nodes]
@@ -244,6 +245,18 @@ class SwarmRun:
                      f"({ip_of(self.prefix, node)}, {node.content.describe(self.plan.n_pieces)}):")
             self.out(dc.logs_tail(name, LOG_TAIL_LINES))
 
+    def _save_logs(self):
+        """DIR/RUNID/NAME.log for each started container (a slow run that passed is worth
+        reading too), plus the plan."""
+        where = os.path.join(self.logs_dir, self.runid)
+        os.makedirs(where, exist_ok=True)
+        with open(os.path.join(where, "plan.txt"), "w") as f:
+            f.write(f"{self.plan.reproduce()}\n{self.result.summary}\n")
+        for name in self._started:
+            with open(os.path.join(where, f"{name}.log"), "w") as f:
+                f.write(dc.logs_tail(name, "all") + "\n")
+        self.out(f"[swarm] logs of run {self.runid} saved in {where}")
+
     def _teardown(self):
         """Stop watchers and chaos, report a failure, remove everything this run created.
         Runs with Ctrl-C/SIGTERM deferred: it is bounded, and half a cleanup leaks containers."""
@@ -254,6 +267,8 @@ class SwarmRun:
             try:
                 if self.result.failures and self.prefix:
                     self._dump_logs()
+                if self.logs_dir and self._started:
+                    self._save_logs()
             finally:
                 self._remove_all()
 

@@ -2,6 +2,7 @@
 
     python -m tests.swarm.run --scenario many-source --runs 5 [--seed 42]
     python -m tests.swarm.run --scenario simple-extra --nodes 60 --size 16M --runs 1
+    python -m tests.swarm.run --scenario simple-extra --seed 203 --log-level debug --save-logs DIR
     python -m tests.swarm.run --cleanup-stale     # remove leftovers of killed runs (p2pt-*)
 
 Run k uses seed S+k (S random unless given), so any line of the table is reproduced with
@@ -39,6 +40,8 @@ def parse_args(argv):
     p.add_argument("--timeout", type=float, help="override the SPEC timeout (seconds)")
     p.add_argument("--image", help="image to run (default: $IMAGE or p2p-node:latest)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--save-logs", metavar="DIR",
+                   help="save every node's whole log under DIR/RUNID/, pass or fail")
     p.add_argument("--cleanup-stale", action="store_true",
                    help=f"remove containers labelled {LABEL_KEY} and networks {NAME_PREFIX}-*")
     return p.parse_args(argv)
@@ -77,7 +80,8 @@ def main(argv=None):
                          piece=args.piece)
         if args.timeout:
             plan.timeout_s = args.timeout
-        result = SwarmRun(plan, image=args.image, log_level=args.log_level).execute()
+        result = SwarmRun(plan, image=args.image, log_level=args.log_level,
+                          logs_dir=args.save_logs).execute()
         print(line(result), flush=True)
         for warning in result.warnings:
             print(f"  warning: {warning[:1000]}", flush=True)

@@ -279,6 +279,36 @@ def test_an_announce_is_learned_and_ends_probe_sweeps(swarm, torrent_factory):
         udp.close()
 
 
+def test_only_a_node_without_links_sweeps(swarm, torrent_factory):
+    """No broadcast on loopback, so an unlinked node sweeps 127.0.0.0/24 with PROBEs. Linked
+    nodes must not: at 60 containers, their probes overflowed the host's shared ARP table."""
+    from gevent import socket
+    from node import beacon
+    t = torrent_factory(1000, 100)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.5", swarm.port))  # swept before the nodes' .10-.12 (in address order)
+    listener.settimeout(0.1)
+    try:
+        # Nobody knows the file, so no link ends "complete"; 0-1 stays up for USELESS_CLOSE_S.
+        linked = [swarm.start(0, t.conf([swarm.ip(1)], file_info=False), discovery=True),
+                  swarm.start(1, t.conf([swarm.ip(0)], file_info=False), discovery=True)]
+        assert swarm.wait(lambda: all(n.state.conns for n in linked), 2)
+        alone = swarm.start(2, t.conf([], file_info=False), discovery=True)
+        probers = set()
+        deadline = time.monotonic() + 2.5  # past FIRST_SWEEP_DELAY_S, before the 0-1 link ends
+        while time.monotonic() < deadline:
+            try:
+                got = beacon.decode(listener.recvfrom(64)[0])
+            except socket.timeout:
+                continue
+            if got.kind == beacon.PROBE:
+                probers.add(got.instance)
+        assert alone.state.node_id in probers
+        assert not probers & {n.state.node_id for n in linked}
+    finally:
+        listener.close()
+
+
 def test_metadata_learned_after_the_handshake_still_spreads_on_the_same_link(swarm, torrent_factory):
     """1 and 2 connect while neither knows the file; 1 learns it afterwards, and 2 gets it from 1
     over their existing link at once, not after the link is closed as useless and redialled."""
