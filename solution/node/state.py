@@ -15,18 +15,20 @@ from .picker import span_bits
 BACKOFF_FIRST_S = 0.5  # a peer that is restarting is usually back within a second
 BACKOFF_MAX_S = 4.0  # restarts are frequent: never wait long to retry a known address
 USELESS_RETRY_S = 3.0  # after closing a link with nothing to exchange, wait before redialling
+ALIVE_SOURCES = ("inbound", "pex", "discovery")  # heard from, or a peer talked to it: it runs
 
 
 class PeerEntry:
     """One address we may dial. `conn` is the live connection to it, if any."""
 
-    __slots__ = ("addr", "source", "verified", "fails", "next_try", "complete", "is_self", "conn",
-                 "dialing")
+    __slots__ = ("addr", "source", "verified", "alive", "fails", "next_try", "complete", "is_self",
+                 "conn", "dialing")
 
     def __init__(self, addr, source):
         self.addr = addr
         self.source = source  # conf | inbound | pex | discovery | saved
         self.verified = False  # a handshake with it has succeeded at least once
+        self.alive = source in ALIVE_SOURCES  # evidence that a node listens there (see dial order)
         self.fails = 0
         self.next_try = 0.0
         self.complete = False  # held every piece when we last talked
@@ -145,19 +147,29 @@ class NodeState:
             entry = self.peers[addr] = PeerEntry(addr, source)
             log.debug("peer_learned", peer=f"{addr[0]}:{addr[1]}", source=source)
             self._notify("peers")
+        elif source in ALIVE_SOURCES:
+            entry.alive = True
         return entry
 
     def dial_candidates(self, now, limit):
-        """Entries worth dialling now, fewest failures first, in random order among equals.
+        """Entries worth dialling now: fewest failures first, then those known to be alive (heard,
+        or exchanged by a peer, or handshaken with), in random order among equals.
         Every node of a swarm usually has the same Peers list: dialled in list order, the first 8
-        hosts would get every node's dials (and refuse most) while the rest waited for a dial."""
+        hosts would get every node's dials (and refuse most) while the rest waited for a dial.
+        Alive ones first, as a dial to a host that is not up yet costs more than its 2 s: each new
+        address takes a neighbour (ARP) entry, in a table that all containers on a host share.
+        A complete node only dials to offer pieces, and only to addresses nobody vouched for: a
+        node that a peer exchanged, that dialled us, that we heard or talked to has links or
+        finds them itself. Offering to every address (each finished node dialling all the others
+        once) overflowed that shared table in 60-container swarms, and then every new connect
+        on the host timed out for seconds."""
         if limit <= 0:
             return []
         out = [e for e in self.peers.values()
                if e.conn is None and not e.dialing and not e.is_self and e.next_try <= now
-               and not (e.complete and self.complete)]
-        self.rng.shuffle(out)
-        out.sort(key=lambda e: (e.fails, e.next_try))  # stable: the shuffle breaks the ties
+               and not (self.complete and (e.complete or e.alive or e.verified))]
+        self.rng.shuffle(out)  # then a stable sort: the shuffle breaks its ties
+        out.sort(key=lambda e: (e.fails, not (e.alive or e.verified), e.next_try))
         return out[:limit]
 
     def retry_now(self, entry, restarted=False):

@@ -232,6 +232,20 @@ def test_complete_peers_are_skipped_once_we_are_complete(node):
     assert [e.addr for e in node.dial_candidates(0.0, 10)] == [B]
 
 
+def test_a_complete_node_offers_only_to_addresses_nobody_vouched_for(node):
+    """Once complete, a node dials only to offer pieces: not to a node that has links of its
+    own (a peer exchanged it), that dialled us, that we heard or handshook with."""
+    for addr in (A, B, C, D):
+        node.add_peer(addr, "conf")
+    node.add_peer(A, "pex")
+    node.add_peer(B, "inbound")
+    node.peers[C].verified = True
+    node.add_peer(E, "discovery")
+    assert len(node.dial_candidates(0.0, 10)) == 5  # while fetching: all of them
+    node.mark_checked(0, N, ALL)
+    assert [e.addr for e in node.dial_candidates(0.0, 10)] == [D]
+
+
 def test_backoff_entry_becomes_due(node):
     e = node.add_peer(A, "conf")
     e.failed(now=50.0)
@@ -249,6 +263,20 @@ def test_dial_candidates_order_by_failures_then_due_time(node):
     assert node.dial_candidates(10.0, 2) == [d, b]
     assert node.dial_candidates(10.0, 0) == []
     assert node.dial_candidates(10.0, -1) == []
+
+
+def test_addresses_known_to_be_alive_are_dialled_before_conf_ones(node):
+    """A conf address may be a host that is not up yet; one a peer exchanged, one heard by
+    discovery, or one handshaken with before is dialled first (among equal failures)."""
+    conf = [node.add_peer((f"10.0.0.{i}", 6881), "conf") for i in range(1, 21)]
+    pex = node.add_peer(A, "pex")
+    heard = node.add_peer(conf[7].addr, "discovery")  # a conf address heard since
+    conf[3].verified = True
+    for _ in range(20):
+        first3 = set(node.dial_candidates(0.0, 3))
+        assert first3 == {pex, heard, conf[3]}
+    pex.fails = 1  # failures still come first
+    assert pex not in node.dial_candidates(0.0, 3)
 
 
 def test_equal_candidates_come_in_random_order(node):
