@@ -13,8 +13,8 @@ Policy, from BitTorrent (BEP 3 and the classic client):
   at most one extra request per piece (the first answer wins, the duplicate is dropped).
 """
 
-EXACT_RAREST_LIMIT = 512  # up to this many candidates, scan all of them for the rarest
-RAREST_SAMPLES = 24  # above it, the rarest of this many random candidates (cost stays flat)
+RAREST_LEVELS = 8  # holders counted exactly up to this many; pieces with more are equally common
+UNIFORM_CHOICE_MAX = 64  # up to this many tied pieces, each is equally likely to be chosen
 ENDGAME_MAX_PIECES = 16  # duplicate requests only when this few pieces remain
 
 
@@ -55,21 +55,33 @@ def runs(bits):
         start = first + count
 
 
-def availability(piece, swarm):
-    return sum((h >> piece) & 1 for h in swarm)
+def holder_levels(swarm, levels=RAREST_LEVELS):
+    """more_than[k]: the pieces held by more than k of the bitsets in `swarm`, for k < levels.
+    A bit-sliced count: len(swarm) x levels whole-set operations, however many pieces there are
+    (128 pieces among 16 peers: 10 us, where counting each candidate's holders took 90 us)."""
+    more_than = [0] * levels
+    for i, h in enumerate(swarm):
+        for k in range(min(i, levels - 1), 0, -1):  # after i bitsets, no piece has more than i
+            more_than[k] |= more_than[k - 1] & h
+        more_than[0] |= h
+    return more_than
+
+
+def random_bit(bits, rng):
+    """A set bit of `bits` (non-zero): uniformly among few, else the first at or after a random
+    position (pieces after a gap are likelier, at a cost that does not grow with the set)."""
+    if bits.bit_count() <= UNIFORM_CHOICE_MAX:
+        return rng.choice(list(iter_bits(bits)))
+    return next_bit(bits, rng.randrange(bits.bit_length()))
 
 
 def _rarest(cand, swarm, rng):
-    n = cand.bit_count()
-    if n <= EXACT_RAREST_LIMIT:
-        positions = list(iter_bits(cand))
-    else:
-        top = cand.bit_length()
-        positions = {next_bit(cand, rng.randrange(top)) for _ in range(RAREST_SAMPLES)}
-        positions = sorted(positions)
-    counts = [availability(p, swarm) for p in positions]
-    least = min(counts)
-    return rng.choice([p for p, c in zip(positions, counts) if c == least])
+    """A candidate held by the fewest peers of `swarm` (ties broken at random)."""
+    for more in holder_levels(swarm):
+        rarest = cand & ~more
+        if rarest:
+            return random_bit(rarest, rng)
+    return random_bit(cand, rng)
 
 
 def pick(missing, requested, peer_has, swarm, rng, max_count, mine=0, have_any=True, twice=0):
@@ -91,10 +103,6 @@ def pick(missing, requested, peer_has, swarm, rng, max_count, mine=0, have_any=T
         cand = wanted & ~mine & ~twice  # endgame
         if not cand:
             return None
-        first = next_bit(cand, rng.randrange(cand.bit_length()))
-        return first, 1
-    if have_any:
-        first = _rarest(cand, swarm, rng)
-    else:
-        first = next_bit(cand, rng.randrange(cand.bit_length()))
+        return random_bit(cand, rng), 1
+    first = _rarest(cand, swarm, rng) if have_any else random_bit(cand, rng)
     return first, run_length(cand, first, max_count)

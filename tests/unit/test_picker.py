@@ -106,9 +106,18 @@ def test_runs_cover_exactly_the_set_bits(b):
         assert f1 + c1 < f2
 
 
-def test_availability_counts_holders():
+def test_holder_levels_count_holders():
     swarm = [bits(1, 2), bits(2), bits(2, 3)]
-    assert [picker.availability(i, swarm) for i in range(5)] == [0, 1, 3, 1, 0]
+    assert picker.holder_levels(swarm, levels=4) == [bits(1, 2, 3), bits(2), bits(2), 0]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2 ** 40 - 1), max_size=12))
+def test_holder_levels_match_a_count_per_piece(swarm):
+    levels = picker.holder_levels(swarm)
+    for piece in range(40):
+        holders = sum((h >> piece) & 1 for h in swarm)
+        for k, more in enumerate(levels):
+            assert (more >> piece) & 1 == (holders > k)
 
 
 # -- pick: what it must never return --------------------------------------------------------------
@@ -215,15 +224,26 @@ def test_rarest_run_extends_over_consecutive_held_pieces():
     assert got[1] <= 2
 
 
-def test_rarest_with_many_candidates_samples_a_rare_one():
-    n = 5000  # above EXACT_RAREST_LIMIT: sampled
-    assert n > picker.EXACT_RAREST_LIMIT
+def test_rarest_is_exact_with_many_candidates():
+    n = 5000
     peer = all_bits(n)
     rare = sum(1 << i for i in range(0, n, 2))  # even pieces only held by this peer
     others = [peer & ~rare] * 4
     for seed in range(50):
         first, _ = pick(all_bits(n), 0, peer, [peer] + others, random.Random(seed), 4)
         assert first % 2 == 0
+
+
+@given(n=st.integers(min_value=1, max_value=80), data=st.data(),
+       seed=st.integers(min_value=0, max_value=2 ** 32))
+def test_rarest_picks_a_least_held_candidate(n, data, seed):
+    full = all_bits(n)
+    peer = data.draw(st.integers(min_value=1, max_value=full), "peer")
+    swarm = [peer] + data.draw(st.lists(st.integers(min_value=0, max_value=full), max_size=10))
+    first, _ = pick(full, 0, peer, swarm, random.Random(seed), 1)
+    held = {i: sum((h >> i) & 1 for h in swarm) for i in members(peer)}
+    least = min(held.values())
+    assert held[first] == least or (least >= picker.RAREST_LEVELS and held[first] >= least)
 
 
 # -- random first piece ---------------------------------------------------------------------------
