@@ -19,7 +19,8 @@ from .state import NodeState
 from .storage import Storage
 
 PROGRESS_INTERVAL_S = 1.0  # one progress line a second while fetching
-PERSIST_DELAY_S = 1.0  # learned peers are saved at most this often
+PERSIST_DELAY_S = 1.0  # learned peers are saved this long after a change, and at most this often
+#                        (saving at the first change, 60 nodes wrote 366 files in S3's 1.2 s)
 
 
 class Node:
@@ -148,9 +149,9 @@ class Node:
     def _persist_loop(self):
         while True:
             self._persist_wanted.wait()
+            gevent.sleep(PERSIST_DELAY_S)  # one write for a burst: a start meets dozens of peers
             self._persist_wanted.clear()
             self._save()
-            gevent.sleep(PERSIST_DELAY_S)
 
     def _save(self):
         s = self.state
