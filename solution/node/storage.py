@@ -25,7 +25,12 @@ _os_lock = monkey.get_original("_thread", "allocate_lock")
 
 SCAN_BATCH_BYTES = 1 << 20  # verify the existing file in 1 MiB steps, publishing pieces as they pass
 SCAN_THREADS = 2  # batches checked at once: hashing runs on both cores
-FSYNC_INTERVAL_S = 1.0  # flush written pieces at most once a second: fsync never dominates transfer
+FSYNC_INTERVAL_S = 1.0  # while fetching, flush written pieces at most once a second...
+FSYNC_MIN_BYTES = 32 << 20  # ...and only once this much was written since: a small file is
+#                            flushed once, at completion. A flush mid-transfer overlaps the disk's
+#                            work with a big transfer, but for small files it only adds a second
+#                            writeback (S3, 60 x 4 MiB, 6 runs side by side: 1.19-1.34 s against
+#                            1.21-1.56; S1 unchanged)
 SEND_STALL_S = 10.0  # a peer that reads nothing for this long is gone
 CHUNK_BYTES = 256 << 10  # received pieces are verified and written in chunks of whole pieces, this
 CHUNK_BYTES_MAX = 4 << 20  # big, or up to this for big files: 1/256 of the file. Per-chunk costs
@@ -113,7 +118,7 @@ class Storage:
         self.written = 0  # ...except for pieces we wrote since (bitset)
         # Pool threads share these: real OS locks, not gevent's (monkey-patched threading.Lock).
         self._lock = _os_lock()  # bookkeeping of what was written
-        self._dirty = False
+        self._dirty = 0  # bytes written since the last fsync
         self._syncer = None
         chunk = min(CHUNK_BYTES_MAX, max(CHUNK_BYTES, info.size // 256))
         self.chunk_pieces = max(1, chunk // info.piece_size)
@@ -228,12 +233,13 @@ class Storage:
     def _verify_and_write(self, first, data, skip):
         good = good_pieces(self.info, first, data, skip)
         if good:
-            base = self.info.piece_offset(first)
+            base, written = self.info.piece_offset(first), 0
             for run_first, run_count in runs(good):
                 start, n = self.info.span(run_first, run_count)
                 os.pwrite(self.fd, data[start - base:start - base + n], start)
+                written += n
             with self._lock:
-                self._dirty = True
+                self._dirty += written
                 self.written |= good
         return good
 
@@ -255,11 +261,13 @@ class Storage:
     def _sync_loop(self):
         while True:
             gevent.sleep(FSYNC_INTERVAL_S)
-            self.sync()
+            if self._dirty >= FSYNC_MIN_BYTES:
+                self.sync()
 
     def sync(self):
         if self._dirty and self.fd is not None:
-            self._dirty = False
+            with self._lock:
+                self._dirty = 0  # before the fsync, which covers every pwrite counted so far
             self._run(os.fsync, self.fd)
 
     def close(self):

@@ -370,3 +370,31 @@ def test_machine_busy_reads_the_runnable_count(monkeypatch, tmp_path):
     assert storage.machine_busy(own_threads=3) is False  # our own pool threads do not count
     monkeypatch.setattr(builtins, "open", fake(storage.CPUS))
     assert storage.machine_busy() is False
+
+
+# -- fsync ----------------------------------------------------------------------------------------
+
+def test_small_writes_are_flushed_once_at_the_end_big_ones_as_they_go(opened, monkeypatch):
+    """While fetching, a flush runs at most every FSYNC_INTERVAL_S and only after
+    FSYNC_MIN_BYTES more were written: a small file gets one fsync, at completion (sync())."""
+    import gevent
+    fsyncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(storage.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(storage, "FSYNC_INTERVAL_S", 0.02)
+    monkeypatch.setattr(storage, "FSYNC_MIN_BYTES", 3 * PIECE)
+    data, info = make_info()
+    st, _ = opened(None, info)
+    st.write(0, piece(data, info, 0) + piece(data, info, 1))  # 2 pieces: under the threshold
+    gevent.sleep(0.1)
+    assert fsyncs == []
+    st.write(2, piece(data, info, 2) + piece(data, info, 3))  # 4 pieces since the last flush
+    gevent.sleep(0.1)
+    assert len(fsyncs) == 1
+    st.write(4, piece(data, info, 4))
+    gevent.sleep(0.1)
+    assert len(fsyncs) == 1  # 1 piece since: waits
+    st.sync()  # completion
+    assert len(fsyncs) == 2
+    st.sync()
+    assert len(fsyncs) == 2  # nothing new to flush
