@@ -45,6 +45,40 @@ CHUNKS_IN_FLIGHT = 8  # per node: received, not yet hashed and written. Receivin
 #                       file, and zeroing new memory was 13% of all CPU in S3
 
 
+class _WriteBehind:
+    """Starts the disk on pieces as soon as they are written (Linux sync_file_range with
+    SYNC_FILE_RANGE_WRITE: queue the writeback, do not wait), so the fsync at completion finds
+    little left. Without it a fast transfer ends with its whole last second still to flush (S1,
+    1 GiB, 6 runs each side by side: median 2.97 s against 3.39). It claims no durability: fsync
+    still does that. Where the call is missing it does nothing. Loaded on first use, so a node
+    that only seeds never imports ctypes."""
+
+    SYNC_FILE_RANGE_WRITE = 2
+
+    def __init__(self):
+        self._fn = None
+        self._loaded = False
+
+    def __call__(self, fd, offset, nbytes):
+        if not self._loaded:
+            self._fn, self._loaded = self._load(), True
+        if self._fn is not None:
+            self._fn(fd, offset, nbytes, self.SYNC_FILE_RANGE_WRITE)  # an error only loses the hint
+
+    @staticmethod
+    def _load():
+        try:
+            import ctypes
+            fn = ctypes.CDLL(None).sync_file_range  # libc's, without spawning ldconfig
+        except (ImportError, OSError, AttributeError):
+            return None
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        return fn
+
+
+write_behind = _WriteBehind()
+
+
 def good_pieces(info, first, data, skip=0):
     """Bitset of pieces in `data` (pieces first.. concatenated) whose SHA-1 matches."""
     good, off = 0, 0
@@ -134,6 +168,9 @@ class Storage:
         # two hashing threads for the whole flush (S1, 1 GiB, 9 runs each, side by side: median
         # 3.05 s against 3.22 with fsync in the pool; the runs spread over 2.6-3.5 s).
         self._flusher = ThreadPool(1)
+        # A small file is flushed once, at completion: there writing behind only adds calls (and
+        # ctypes to 60 processes: S3 measured no faster with it).
+        self._write_behind = write_behind if info.size >= FSYNC_MIN_BYTES else None
 
     # -- receive buffers: few and reused, since fresh memory costs a page fault per 4 KiB ---------
     def take_buffer(self):
@@ -241,6 +278,8 @@ class Storage:
             for run_first, run_count in runs(good):
                 start, n = self.info.span(run_first, run_count)
                 os.pwrite(self.fd, data[start - base:start - base + n], start)
+                if self._write_behind is not None:
+                    self._write_behind(self.fd, start, n)
                 written += n
             with self._lock:
                 self._dirty += written

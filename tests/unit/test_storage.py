@@ -398,3 +398,29 @@ def test_small_writes_are_flushed_once_at_the_end_big_ones_as_they_go(opened, mo
     assert len(fsyncs) == 2
     st.sync()
     assert len(fsyncs) == 2  # nothing new to flush
+
+
+def test_big_files_start_their_writeback_as_pieces_are_written(opened, monkeypatch):
+    """Pieces of a file of FSYNC_MIN_BYTES or more are handed to the disk at once (write-behind),
+    so the fsync at completion has little left; a small file is left to that one fsync."""
+    calls = []
+    monkeypatch.setattr(storage, "write_behind", lambda fd, off, n: calls.append((off, n)))
+    monkeypatch.setattr(storage, "FSYNC_MIN_BYTES", 2 * PIECE)
+    data, info = make_info()  # 1000 bytes: "big" for this test
+    st, _ = opened(None, info)
+    st.write(1, piece(data, info, 1) + corrupt(piece(data, info, 2)) + piece(data, info, 3))
+    assert calls == [(PIECE, PIECE), (3 * PIECE, PIECE)]  # the good runs only
+    monkeypatch.setattr(storage, "FSYNC_MIN_BYTES", SIZE + 1)
+    small, _ = opened(None, info, name="small.bin")
+    small.write(4, piece(data, info, 4))
+    assert len(calls) == 2
+
+
+def test_write_behind_works_on_this_system(tmp_path):
+    wb = storage._WriteBehind()
+    with open(tmp_path / "f.bin", "wb") as f:
+        f.write(b"x" * 8192)
+        f.flush()
+        wb(f.fileno(), 0, 8192)  # Linux: queues the writeback; elsewhere: nothing
+    if os.uname().sysname == "Linux":
+        assert wb._fn is not None
