@@ -205,7 +205,9 @@ class Storage:
     def scan(self, on_batch):
         """Verify every piece already on disk, in batches, in order; on_batch(first, count, good).
         The batches are read into chunk buffers, which receiving reuses afterwards: a fresh 8 MiB
-        bytes object per batch cost S4's 16 nodes 256 MiB of page faults."""
+        bytes object per batch cost S4's 16 nodes 256 MiB of page faults. On a busy machine each
+        batch is checked at once, as in write_async (S4, 16 nodes each checking 16 MiB, side by
+        side: 0.44-0.46 s against 0.53-0.58 in the pool)."""
         info = self.info
         chunks = max(1, SCAN_BATCH_BYTES // self._chunk_bytes)
         per_batch = chunks * self.chunk_pieces
@@ -218,6 +220,11 @@ class Storage:
                 self._publish(pending.popleft(), on_batch)
             count = min(per_batch, tail - first)
             bufs = [self._buffer() for _ in range(-(-count // self.chunk_pieces))]
+            if self._machine_busy():  # as in write_async: no core would be free for the pool
+                pending.append((first, count, bufs, _Done(self._check_batch, first, count, bufs)))
+                self._publish(pending.popleft(), on_batch)
+                gevent.sleep(0)  # a batch at a time: links keep moving between them
+                continue
             pending.append((first, count, bufs, self._pool.spawn(self._check_batch, first, count, bufs)))
         while pending:
             self._publish(pending.popleft(), on_batch)

@@ -130,9 +130,13 @@ def test_short_last_piece_alone_is_recognised(opened):
     assert good == bits(last)
 
 
+@pytest.mark.parametrize("busy", [False, True, "flips"])
 @pytest.mark.parametrize("chunk", [PIECE, 2 * PIECE])
-def test_scan_batches_cover_every_piece_once(opened, monkeypatch, chunk):
-    """Batches of 3 pieces, read into chunk buffers of 1 or 2 pieces; the buffers are kept."""
+def test_scan_batches_cover_every_piece_once(opened, monkeypatch, chunk, busy):
+    """Batches of 3 pieces, read into chunk buffers of 1 or 2 pieces; the buffers are kept. On a
+    busy machine the batches are checked at once instead of in the pool, still in order."""
+    answers = iter([False, True] * 8) if busy == "flips" else None
+    monkeypatch.setattr(Storage, "_machine_busy", lambda self: next(answers) if answers else busy)
     monkeypatch.setattr(storage, "CHUNK_BYTES", chunk)
     monkeypatch.setattr(storage, "SCAN_BATCH_BYTES", 3 * chunk)
     data, info = make_info()
