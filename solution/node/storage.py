@@ -2,9 +2,11 @@
 
 Rule: the file is only ever changed with ftruncate and pwrite on its own descriptor (it may be a bind
 mount: never replace it by rename), and only pieces whose SHA-1 matched are written.
-Hashing and disk writes run in gevent's thread pool (hashlib and os.pwrite release the GIL), so the
-event loop keeps moving bytes on the other core meanwhile; on a machine with more busy threads than
-cores, received pieces are verified and written at once instead (see write_async).
+Hashing and disk writes run in the storage's own pool of two threads (hashlib and os.pwrite release
+the GIL), so the event loop keeps moving bytes on the other core meanwhile; on a machine with more
+busy threads than cores, pieces are verified (and written) at once instead (see write_async and
+scan). fsync runs on a third thread, as it waits on the disk; big files start their disk writes as
+they go (write-behind), so that the fsync at completion is short.
 """
 
 import collections
