@@ -56,12 +56,7 @@ class Intake:
         elif pos:
             buf[:have] = buf[pos:end]  # same length: allowed while old views exist
         view = memoryview(buf)[:max(n, READ_AHEAD)]  # no more: piece data goes to chunk buffers
-        while have < n:
-            k = self.sock.recv_into(view[have:])
-            if not k:
-                raise EOFError("peer closed the connection")
-            have += k
-        self._rpos, self._rend = 0, have
+        self._rpos, self._rend = 0, self._recv_until(view, have, n)
 
     def _recv_into(self, buf, n):
         """Exactly n bytes into buf (what the read-ahead holds first, then straight from the
@@ -71,12 +66,17 @@ class Intake:
         if got:
             view[:got] = self._rbuf[self._rpos:self._rpos + got]
             self._rpos += got
+        self._recv_until(view, got, n)
+        return view
+
+    def _recv_until(self, view, got, n):
+        """Receive into view, from byte `got` on, until at least n bytes are in; returns how many."""
         while got < n:
             k = self.sock.recv_into(view[got:])
             if not k:
                 raise EOFError("peer closed the connection")
             got += k
-        return view
+        return got
 
     # -- receiving pieces ---------------------------------------------------------------------
     def _on_pieces(self, n):

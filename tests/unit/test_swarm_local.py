@@ -321,7 +321,6 @@ def test_metadata_learned_after_the_handshake_still_spreads_on_the_same_link(swa
     assert node2.meta_source == swarm.ip(1)
 
 
-
 def test_start_up_skips_plugin_lookups_and_unused_patches():
     """Start-up cost matters at 60 nodes on 2 cores: no entry-point scan, no ssl, sockets patched."""
     code = ("import sys; from node.__main__ import _patch_all; _patch_all(); "
