@@ -1,6 +1,6 @@
 """peers.Swarm's dial budget: an incomplete node keeps few links while pieces arrive and opens
-all its outbound slots once it starves; a complete node only offers pieces, slowly, until an
-offer turns out to be needed."""
+all its outbound slots once it starves; a complete node offers pieces only once nobody fetches
+from it, and then slowly, until an offer turns out to be needed."""
 
 import hashlib
 from types import SimpleNamespace
@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import gevent
 
 from node.config import FileInfo
-from node.peers import DIAL_INTERVAL_S, FEW_OUTBOUND, MAX_OUTBOUND, OFFERS_AT_ONCE, STARVED_TICKS, Swarm
+from node.peers import (DIAL_INTERVAL_S, FEW_OUTBOUND, MAX_OUTBOUND, OFFERS_AT_ONCE, QUIET_TICKS, STARVED_TICKS,
+                        Swarm)
 from node.state import NodeState
 
 
@@ -49,23 +50,49 @@ def test_time_the_dialer_did_not_see_is_no_starvation():
     assert sw._dial_budget(30.0) == FEW_OUTBOUND  # e.g. the process was stopped (SIGSTOP)
 
 
+def quiet(sw, t=10.0):
+    """Let the dialer see QUIET_TICKS intervals without a piece sent; returns the time after."""
+    for _ in range(QUIET_TICKS):
+        assert sw._dial_budget(t) == 0
+        t += DIAL_INTERVAL_S
+    return t
+
+
+def test_complete_node_offers_only_once_nobody_fetches_from_it():
+    sw = make_swarm(complete=True)
+    t = 10.0
+    for _ in range(4 * QUIET_TICKS):  # a piece sent every interval: peers have found it
+        sw.state.count("bytes_out", 16)
+        assert sw._dial_budget(t) == 0
+        t += DIAL_INTERVAL_S
+    last_sent = t - DIAL_INTERVAL_S
+    for k in range(1, QUIET_TICKS):
+        assert sw._dial_budget(last_sent + k * DIAL_INTERVAL_S) == 0
+    assert sw._dial_budget(last_sent + QUIET_TICKS * DIAL_INTERVAL_S) == 1
+
+
 def test_complete_node_offers_one_dial_per_interval():
     sw = make_swarm(complete=True)
-    assert sw._dial_budget(10.0) == 1
-    assert sw._dial_budget(10.0) == 0
-    assert sw._dial_budget(10.0 + DIAL_INTERVAL_S / 2) == 0
-    assert sw._dial_budget(10.0 + DIAL_INTERVAL_S) == 1
+    t = quiet(sw)
+    assert sw._dial_budget(t) == 1
+    assert sw._dial_budget(t) == 0
+    assert sw._dial_budget(t + DIAL_INTERVAL_S / 2) == 0
+    assert sw._dial_budget(t + DIAL_INTERVAL_S) == 1
 
 
 def test_complete_node_keeps_few_offers_in_flight():
     sw = make_swarm(complete=True)
+    t = quiet(sw)
     for _ in range(OFFERS_AT_ONCE):
         sw.out_pool.spawn(gevent.sleep, 1)
-    assert sw._dial_budget(100.0) == 0
+    assert sw._dial_budget(t) == 0
     sw.out_pool.kill()
 
 
 def test_a_needed_offer_restores_the_full_budget():
     sw = make_swarm(complete=True)
     sw.offers_needed = True
-    assert sw._dial_budget(0.0) == MAX_OUTBOUND
+    t = quiet(sw)
+    assert sw._dial_budget(t) == MAX_OUTBOUND
+    sw.state.count("bytes_out", 16)  # serving again: no offers meanwhile
+    assert sw._dial_budget(t + DIAL_INTERVAL_S) == 0
