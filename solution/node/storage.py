@@ -201,9 +201,6 @@ class Storage:
                  result="resized" if before != self.info.size else "ok")
         self._syncer = gevent.spawn(self._sync_loop)
 
-    def _run(self, fn, *args):
-        return self._pool.apply(fn, args)
-
     def scan(self, on_batch):
         """Verify every piece already on disk, in batches, in order; on_batch(first, count, good).
         The batches are read into chunk buffers, which receiving reuses afterwards: a fresh 8 MiB
@@ -260,7 +257,7 @@ class Storage:
     def write(self, first, data, skip=0):
         """Verify pieces first.. in `data` and pwrite the good ones; returns the good bitset.
         Pieces in `skip` (already held) are neither hashed nor written."""
-        return self._run(self._verify_and_write, first, data, skip)
+        return self._pool.apply(self._verify_and_write, (first, data, skip))
 
     def write_async(self, first, data, skip=0):
         """`write` started in the thread pool; `.get()` on the result waits for the good bitset.
