@@ -1,252 +1,222 @@
-"""One peer connection: a reader greenlet running a blocking-style loop (read a frame, act on it),
-a writer greenlet that owns every send, and (intake.py) a verifier greenlet for received pieces.
+"""One peer link: moves bytes between its socket and its Session, on three greenlets.
 
-Rule: only the writer sends. Both peers request from each other on one full-duplex link; if one
-greenlet both read and sent large responses, two peers sending at once with full socket buffers
-would each wait for the other to read, forever. The reader never blocks on the writer: what a peer
-may queue with us is bounded (MAX_PEER_REQUESTS), and a peer that exceeds it is closed.
-How frames are read and how received pieces are verified and accounted for: intake.py.
+- the reader (whoever calls run()): the handshake, then recv -> session -> act on each event;
+- the writer: owns every send. Both peers request from each other on one full-duplex link; if
+  one greenlet both read and sent large replies, two peers sending at once with full socket
+  buffers would each wait for the other to read, forever;
+- the verifier: piece chunks hashed in the storage's pool are accounted for here, in order.
+
+Rule: what a peer may send, and the link's bookkeeping, are the session's; what the node does
+about it goes through the hub; this module only moves bytes and runs the greenlets. The reader
+never waits for the writer: what a peer may queue with us is bounded by the session.
+close() works from any greenlet: it records the Reason, shuts the socket down (recv and send
+return at once) and sets `ending` (a wait for a chunk buffer returns); the reader cleans up.
 """
 
-import random
 import time
 
 import gevent
+from gevent.event import Event
 from gevent.queue import Queue
 
-from . import log, picker, wire
-from .config import ConfigError, FileInfo, check_file_info
-from .intake import Closed, Intake
+from . import log, wire
+from .config import FileInfo
+from .hub import PIPELINE_REQUESTS
+from .picker import span_bits
+from .session import NEED_BUFFER, NEED_DATA, Chunk, Closed, Reason, Session
 from .storage import SEND_STALL_S
 
-# One REQUEST asks for a run of consecutive pieces: what is left to fetch, shared among the links
-# and their pipelines, within these bounds. Few peers and much left (1 GiB from one seeder): big
-# frames, as per-frame costs dominate (measured S1: 1 MiB 4.5 s, 4 MiB 2.5 s). Many peers or little
-# left: small frames, so the work spreads over every peer that has it.
-REQUEST_BYTES_MIN = 1 << 20
-REQUEST_BYTES_MAX = 4 << 20
-PIPELINE_REQUESTS = 3  # requests kept outstanding per peer, so the link never idles
-MAX_PEER_REQUESTS = 64  # requests a peer may queue with us before we call it a flood
-MAX_SERVE_BYTES = 64 << 20  # largest single REQUEST we serve (one max-size piece)
 HANDSHAKE_TIMEOUT_S = 5.0  # a peer that connects and says nothing frees its slot this fast
-REQUEST_TIMEOUT_S = 4.0  # plus REQUEST_TIMEOUT_PER_MB_S per MiB, as Kraken scales piece deadlines
-REQUEST_TIMEOUT_PER_MB_S = 4.0
 USELESS_CLOSE_S = 3.0  # a link with nothing to exchange this long is closed (sockets are scarce)
 IDLE_TIMEOUT_S = 20.0  # no frame at all from the peer this long, nothing pending: it is gone
-HAVE_RUNS_MAX = 64  # beyond this many HAVE frames, one BITFIELD is cheaper
+MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
+CLEANUP_WAIT_S = 1.0  # the writer and verifier get this long to end with the link
 
-_KICK = object()
-PROTOCOL_ERROR = "protocol error"  # prefix of a close reason that is the peer's fault
+_KICK = object()  # in the writer's queue: announce, share peers, top up requests
 
 
-class Conn(Intake):
-    def __init__(self, node, sock, ip, outbound, entry=None):
-        self.node = node
-        self.state = node.state
+class Conn:
+    def __init__(self, hub, sock, ip, outbound, entry=None, offer=False):
+        self.hub = hub
         self.sock = sock
         self.ip = ip
         self.outbound = outbound
         self.entry = entry  # PeerEntry of the peer's listening address, once known
-        self.peer_id = None
-        self.peer_meta = wire.NO_META
-        self.knows_file = False  # the peer knows the file: its hello said so, or it sent a bitfield
-        self.has = 0  # pieces the peer holds
-        self.mine = {}  # first -> (count, deadline): our outstanding requests to this peer
-        self.mine_bits = 0
-        self.sent_have = None  # what we last told the peer we hold (None: nothing yet)
-        self.sent_peers = set()
-        self.sent_peers_version = -1
-        self.serving = 0  # peer's requests queued with our writer
-        self.meta_asked = False
-        self.strikes = 0
-        self.last_useful = self.last_rx = time.monotonic()
-        self.sending_since = None  # set while the writer is blocked in a send
-        self.reason = None
-        self.registered = False
-        self.productive = False  # a piece moved either way: the peer works, forget its failures
-        self.offer = False  # we dialled it while complete: only to give (see Swarm._dial_budget)
-        self.rng = random.Random()
-        self._queue = Queue()
+        self.offer = offer  # dialled while we were complete: only to give
+        now = time.monotonic()
+        self.session = Session(hub.hello(), hub.info, hub.chunk_pieces, now)
+        self.reason = None  # a Reason, once the link is ending
+        self.detail = ""  # for the log only
+        self.ending = Event()
+        self.productive = False  # a piece moved either way: the peer works
+        self.last_useful = now
+        self.sending_since = None  # while the writer is in a send
+        self._queue = Queue()  # the writer's: frames, (first, count) to serve, _KICK
         self._kicked = False
-        self._init_intake()
-        self._writer = self._verifier = self._reader = None
-        self._cleaning = False
-        self._reader_waiting = False
+        self._verify_q = Queue()  # (chunk, pool job) in arrival order; bounded by chunk buffers
+        self._verifying = 0
+        self._buffers_out = 0  # chunk buffers taken from the hub, not given back yet
+        self._writer = self._verifier = None
 
     @property
     def name(self):
         return self.entry.addr[0] if self.entry else self.ip
 
+    def attach(self, entry):
+        """The peer's listening address, known once its HELLO named its port."""
+        self.entry = entry
+
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self):
-        """The connection's life, on the calling greenlet. Never raises for a peer's doing."""
-        self._reader = gevent.getcurrent()
+        """The link's life, on the calling greenlet. Never raises for a peer's doing."""
         try:
             self._handshake()
-            if not self.node.register(self):
-                return
-            self.registered = self.entry.source != "client"
+            refused = self.hub.admit(self)
+            if refused is not None:
+                raise Closed(refused)
             self._writer = gevent.spawn(self._write_loop)
             self.kick()
-            self._read_loop()
+            while True:
+                self._on_event(self._next_event())
         except wire.WireError as e:
-            self.reason = self.reason or f"{PROTOCOL_ERROR}: {e}"
+            self.close(Reason.PROTOCOL, str(e))
         except Closed as e:
-            self.reason = self.reason or str(e)
-        except (OSError, EOFError, gevent.Timeout) as e:
-            self.reason = self.reason or f"{type(e).__name__}: {e}"
+            self.close(e.reason, e.detail)
+        except (OSError, EOFError) as e:
+            self.close(Reason.LOST, f"{type(e).__name__}: {e}")
         finally:
             self._cleanup()
 
-    def close(self, why):
-        """End the connection, from any greenlet. The reader wakes wherever it waits: in recv
-        (EOF after the shutdown), or on the verifier's full queue (Closed is raised in it)."""
+    def close(self, reason, detail=""):
+        """End the link, from any greenlet; the first reason given is the one that counts."""
         if self.reason is None:
-            self.reason = why
+            self.reason, self.detail = reason, detail
+        self.ending.set()
         try:
             self.sock.shutdown(2)
         except OSError:
             pass
-        reader = self._reader
-        if self._reader_waiting and reader is not gevent.getcurrent() and not self._cleaning:
-            reader.kill(Closed(why), block=False)
 
     def _cleanup(self):
-        self._cleaning = True  # from here on, close() must not interrupt the reader
-        if self.reason is None:
-            self.reason = "closed"
-        try:
-            for g in (self._writer, self._verifier):
-                if g is not None:
-                    # Wait for each to die: a writer already woken could otherwise request more
-                    # pieces after the release below, and those would stay "requested" forever.
-                    g.kill(block=True, timeout=1.0)
-        except Closed:
-            pass  # a close() from elsewhere raced with our own ending: we are ending anyway
-        finally:
-            self.sock.close()
-            for _ in range(self._buffers_out):  # in our queue or still in the pool: not reused
-                self.node.storage.give_buffer(None)
-            self._buffers_out = 0
-            if self.mine_bits:
-                self.state.release(self.mine_bits & ~self.state.have)
-            self.mine, self.mine_bits = {}, 0
-            self.node.unregister(self)
-            if self.reason.startswith(PROTOCOL_ERROR):  # the peer's fault: say so, even mid-handshake
-                log.warning("peer_closed", peer=self.name, why=self.reason, result="protocol_error")
-            elif self.registered:
-                log.info("peer_closed", peer=self.name, why=self.reason, result="closed")
-
-    # -- handshake ----------------------------------------------------------------------------
-    def _handshake(self):
-        s = self.state
-        hello = wire.Hello(s.node_id, self.node.config.port, s.info.meta_id if s.info else wire.NO_META)
-        self.sock.sendall(wire.encode(hello))
-        with gevent.Timeout(HANDSHAKE_TIMEOUT_S, Closed("no hello within handshake timeout")):
-            kind, n = wire.decode_header(self._recv(wire.HEADER.size))
-            if kind != wire.HELLO:
-                raise wire.WireError(f"expected hello, got {wire.NAMES[kind]}")
-            msg = wire.decode_payload(kind, self._recv(n))
-        if msg.version != wire.VERSION:
-            raise Closed(f"protocol version {msg.version} != {wire.VERSION}")
-        if s.info and msg.meta_id not in (wire.NO_META, s.info.meta_id):
-            raise Closed("peer syncs a different file (meta_id differs)")
-        self.peer_id, self.peer_meta = msg.node_id, msg.meta_id
-        self.knows_file = msg.meta_id != wire.NO_META
-        self.listen_port = msg.port
+        if self.reason is None:  # killed (at shutdown)
+            self.reason = Reason.SHUTDOWN
+        self.ending.set()
+        # Wait for both to end: a writer still running could claim pieces after the release below,
+        # and those would stay requested forever.
+        for g in (self._writer, self._verifier):
+            if g is not None:
+                g.kill(block=True, timeout=CLEANUP_WAIT_S)
+        self.sock.close()
+        for _ in range(self._buffers_out):  # in the session or the pool: not reused
+            self.hub.give_buffer(None)
+        self._buffers_out = 0
+        self.hub.release(self.session.close())
+        self.hub.leave(self)
 
     # -- reading ------------------------------------------------------------------------------
-    def _read_loop(self):
-        while True:
-            if self.reason is not None:  # closed from elsewhere: data may still sit in the socket
-                raise Closed(self.reason)
-            kind, n = wire.decode_header(self._recv(wire.HEADER.size))
-            self.last_rx = time.monotonic()
-            if kind == wire.PIECES:
-                self._on_pieces(n)
-                continue
-            if kind == wire.META and not self.meta_asked:
-                raise wire.WireError("unsolicited meta")
-            self._dispatch(wire.decode_payload(kind, self._recv(n)))
+    def _handshake(self):
+        self.sock.sendall(self.session.greeting)
+        with gevent.Timeout(HANDSHAKE_TIMEOUT_S, Closed(Reason.HANDSHAKE_TIMEOUT)):
+            self._next_event()  # the session accepts nothing but HELLO first
 
-    def _dispatch(self, msg):
-        t = type(msg)
-        if t is wire.Request:
-            self._on_request(msg.first, msg.count)
+    def _next_event(self):
+        s = self.session
+        while True:
+            ev = s.next_event()
+            if ev is NEED_DATA:
+                if self.reason is not None:  # closed from elsewhere: data may still sit in the socket
+                    raise Closed(self.reason, self.detail)
+                n = self.sock.recv_into(s.recv_view())
+                if not n:
+                    raise EOFError("peer closed the connection")
+                s.received(n, time.monotonic())
+            elif ev is NEED_BUFFER:
+                buf = self.hub.take_buffer(self.ending)  # waits while the node has enough in flight
+                if buf is None:
+                    raise Closed(self.reason, self.detail)
+                self._buffers_out += 1
+                s.give_buffer(buf)
+            else:
+                return ev
+
+    def _on_event(self, ev):
+        t, hub, s = type(ev), self.hub, self.session
+        if t is Chunk:
+            self._on_chunk(ev)
+        elif t is wire.Request:
+            if hub.can_serve(ev.first, ev.count):
+                self._queue.put((ev.first, ev.count))
+            else:
+                self.send(s.reject(ev.first, ev.count))
         elif t is wire.Have:
-            self._check_range(msg.first, msg.count)
-            span = picker.span_bits(msg.first, msg.count)
-            self.has |= span
-            if span & self.state.missing or self._both_complete():
-                self.kick()  # something to request, or both are complete now: else nothing to do
+            if hub.lacks(span_bits(ev.first, ev.count)) or hub.both_complete(s):
+                self.kick()  # something to request, or both complete now: else nothing to do
         elif t is wire.Bitfield:
-            self.has = int.from_bytes(msg.bits, "little")
-            if self.state.info:
-                self.has &= self.state.full
-            self.knows_file = True  # only a node that knows the file sends a bitfield
             self.kick()
         elif t is wire.Reject:
-            self._on_reject(msg.first, msg.count)
+            hub.release(span_bits(ev.first, ev.count))
+            self.kick()
         elif t is wire.Peers:
-            for addr in msg.addrs:
-                self.node.learn_peer(addr, "pex")
+            hub.learn_peers(ev.addrs)
         elif t is wire.GetMeta:
-            if self.state.info:
-                self.send(wire.encode(_meta_msg(self.state.info)))
-        elif t is wire.Meta:
-            self._on_meta(msg)
+            frame = hub.meta_frame()
+            if frame is not None:
+                self.send(frame)
+        elif t is FileInfo:
+            hub.learn_meta(ev, self.name)
         elif t is wire.StatusRequest:
-            self.send(wire.encode(wire.Status(self.node.status_json())))
-        else:
-            raise wire.WireError(f"unexpected {type(msg).__name__} after handshake")
+            self.send(hub.status_frame())
 
-    def _check_range(self, first, count):
-        limit = self.state.info.n_pieces if self.state.info else (1 << 22)
-        if count < 1 or first + count > limit:
-            raise wire.WireError(f"piece range {first}+{count} outside 0..{limit}")
-
-    def _on_request(self, first, count):
-        info = self.state.info
-        self._check_range(first, count)
-        if info is None or not self.state.has_all(first, count):
-            self.send(wire.encode(wire.Reject(first, count)))
+    # -- pieces in ----------------------------------------------------------------------------
+    def _on_chunk(self, chunk):
+        """Hash and write in the pool while the reader goes on receiving; account in order."""
+        job = self.hub.write(chunk.first, chunk.view)
+        if job.ready() and not self._verifying:
+            self._chunk_done(chunk, job)  # done already (a busy machine): account for it now
             return
-        if info.span(first, count)[1] > max(MAX_SERVE_BYTES, info.piece_size):
-            raise wire.WireError(f"request of {count} pieces is too large")
-        if self.serving >= MAX_PEER_REQUESTS:
-            raise wire.WireError(f"more than {MAX_PEER_REQUESTS} requests queued")
-        self.serving += 1
-        self._queue.put((first, count))
+        if self._verifier is None:
+            self._verifier = gevent.spawn(self._verify_loop)
+        self._verifying += 1
+        self._verify_q.put((chunk, job))
 
-    def _on_reject(self, first, count):
-        entry = self.mine.pop(first, None)
-        if entry is None:
-            return  # a stale reject (we already timed the request out)
-        span = picker.span_bits(first, entry[0])
-        self.mine_bits &= ~span
-        self.has &= ~span
-        self.state.release(span & ~self.state.have)
+    def _verify_loop(self):
+        try:
+            while True:
+                self._chunk_done(*self._verify_q.get())
+                self._verifying -= 1
+        except Closed as e:
+            self.close(e.reason, e.detail)
+
+    def _chunk_done(self, chunk, job):
+        try:
+            good = job.get()
+        except OSError as e:
+            log.error("write_failed", path=self.hub.data_path, why=str(e), result="closing")
+            raise Closed(Reason.WRITE_FAILED, str(e)) from None
+        nbytes = len(chunk.view)
+        chunk.view.release()
+        self._buffers_out -= 1
+        self.hub.give_buffer(chunk.buf)
+        self.session.chunk_done(chunk)
+        new, bad = self.hub.account(self.name, chunk.first, chunk.count, good, nbytes)
+        if bad:
+            strikes = self.session.bad_pieces(bad)
+            log.warning("piece_bad", peer=self.name, first=chunk.first, count=chunk.count,
+                        bad=bad.bit_count(), strikes=strikes, result="discarded")
+            if strikes >= MAX_BAD_PIECES:
+                self.hub.ban(self)
+                raise Closed(Reason.BAD_PIECES, f"{strikes} pieces")
+        if new:
+            self.last_useful = time.monotonic()
+            self.productive = True
         self.kick()
 
-    def _on_meta(self, msg):
-        self.meta_asked = False
-        if self.state.info is not None:
-            return
-        try:
-            check_file_info(msg.size, msg.piece_size, len(msg.hashes), field="meta")
-        except ConfigError as e:
-            raise wire.WireError(f"bad metadata: {e}") from None
-        info = FileInfo(msg.size, msg.piece_size, msg.hashes)
-        if self.peer_meta != wire.NO_META and info.meta_id != self.peer_meta:
-            raise wire.WireError("metadata does not match the meta_id of the peer's hello")
-        self.node.learn_meta(info, source=self.name)
-
     # -- writing ------------------------------------------------------------------------------
-    def send(self, data):
-        self._queue.put(data)
+    def send(self, frame):
+        self._queue.put(frame)
 
     def kick(self):
-        """Something changed: let the writer top up requests and announcements."""
+        """Something changed: let the writer announce, share peers and top up requests."""
         if not self._kicked:
             self._kicked = True
             self._queue.put(_KICK)
@@ -258,145 +228,61 @@ class Conn(Intake):
                 self.sending_since = time.monotonic()
                 if job is _KICK:
                     self._kicked = False
-                    self._on_kick()
+                    self._send_updates()
                 elif type(job) is tuple:
                     self._serve(*job)
                 else:
                     self.sock.sendall(job)
                 self.sending_since = None
         except Closed as e:
-            self.close(str(e))
+            self.close(e.reason, e.detail)
         except (OSError, EOFError, TimeoutError) as e:
-            self.close(f"send failed: {e}")
+            self.close(Reason.LOST, f"send failed: {e}")
 
     def _serve(self, first, count):
-        self.serving -= 1
-        info = self.state.info
-        nbytes = info.span(first, count)[1]
-        self.sock.sendall(wire.pieces_header(first, count, nbytes))
-        self.node.storage.sendfile(self.sock, first, count)
-        self.state.count("bytes_out", nbytes)
+        self.session.answered()
+        self.hub.sendfile(self.sock, first, count)
         self.last_useful = time.monotonic()
         self.productive = True
 
-    def _on_kick(self):
-        """Announce new pieces and peers and top up requests, in one send."""
-        s = self.state
+    def _send_updates(self):
+        """What we hold, whom we know, and requests to keep PIPELINE_REQUESTS out: one send."""
         if self.reason is not None:
-            return  # closing: request nothing more
-        out = []
-        done = self._both_complete()
-        if s.info is None:
-            if self.knows_file and not self.meta_asked:
-                self.meta_asked = True
-                out.append(wire.encode(wire.GetMeta()))
-            self._send_peers(out)
-        else:
-            self._announce(out)
-            self._send_peers(out)
-            if not done:
-                self._fill_requests(out)
+            return  # ending: request nothing more
+        s, hub = self.session, self.hub
+        if s.info is None and hub.info is not None:
+            s.set_info(hub.info, hub.chunk_pieces)
+        out = s.ask_meta() if s.info is None else s.announce(hub.have, hub.complete)
+        if s.peers_version != hub.peers_version:
+            own = self.entry.addr if self.entry else None
+            out += s.share_peers([a for a in hub.peer_addrs() if a != own], hub.peers_version)
+        done = s.info is not None and hub.both_complete(s)
+        if s.info is not None and not done:
+            now = time.monotonic()
+            while len(s.mine) < PIPELINE_REQUESTS:
+                got = hub.pick(s)
+                if got is None:
+                    break
+                out.append(s.request(*got, now))
         if out:
             self.sock.sendall(b"".join(out))
         if done:
-            raise Closed("both complete")
+            raise Closed(Reason.BOTH_COMPLETE)
 
-    def _both_complete(self):
-        s = self.state
-        return s.complete and self.has & s.full == s.full
-
-    def _announce(self, out):
-        s = self.state
-        if self.sent_have is None:
-            self.sent_have = s.have
-            out.append(wire.encode(wire.Bitfield(s.have.to_bytes((s.info.n_pieces + 7) // 8, "little"))))
-            return
-        # Pieces the peer holds already are not announced: it would never request them, and in
-        # a big swarm most HAVE frames would be of that kind. Once we are complete, though, all
-        # is told: a link between complete peers is closed by the side that sees both complete.
-        new = s.have & ~self.sent_have
-        if not s.complete:
-            new &= ~self.has
-        if not new:
-            return
-        frames = [wire.encode(wire.Have(f, c)) for f, c in picker.runs(new)]
-        if len(frames) > HAVE_RUNS_MAX:
-            frames = [wire.encode(wire.Bitfield(s.have.to_bytes((s.info.n_pieces + 7) // 8, "little")))]
-            new = s.have
-        self.sent_have |= new  # what the peer was told; the pieces left out are told at completion
-        out.extend(frames)
-
-    def _send_peers(self, out):
-        if self.sent_peers_version == self.state.verified_version:
-            return  # nothing new since our last PEERS (the common case: every kick comes here)
-        self.sent_peers_version = self.state.verified_version
-        fresh = [a for a in self.state.verified_addrs()
-                 if a not in self.sent_peers and (self.entry is None or a != self.entry.addr)]
-        if fresh:
-            fresh = fresh[:wire.MAX_PEERS_PER_FRAME]
-            self.sent_peers.update(fresh)
-            out.append(wire.encode(wire.Peers(tuple(fresh))))
-
-    def _fill_requests(self, out):
-        s = self.state
-        info = s.info
-        max_count = max(1, self._request_bytes() // info.piece_size)
-        swarm = None
-        sent = len(out)
-        while len(self.mine) < PIPELINE_REQUESTS:
-            if swarm is None:
-                swarm = [c.has for c in s.conns.values()]
-            got = picker.pick(s.missing, s.requested, self.has, swarm, self.rng, max_count,
-                              mine=self.mine_bits, have_any=s.have_count > 0, twice=s.requested_twice)
-            if got is None:
-                break
-            first, count = got
-            span = picker.span_bits(first, count)
-            nbytes = info.span(first, count)[1]
-            deadline = time.monotonic() + REQUEST_TIMEOUT_S + REQUEST_TIMEOUT_PER_MB_S * nbytes / 2**20
-            self.mine[first] = (count, deadline)
-            self.mine_bits |= span
-            s.mark_requested(span)
-            out.append(wire.encode(wire.Request(first, count)))
-        if len(out) > sent:
-            s.count("requests_sent", len(out) - sent)
-
-    def _request_bytes(self):
-        s = self.state
-        left = (s.missing & ~s.requested).bit_count() * s.info.piece_size
-        share = left // (PIPELINE_REQUESTS * max(1, len(s.conns)))
-        return min(REQUEST_BYTES_MAX, max(REQUEST_BYTES_MIN, share))
-
-    # -- housekeeping (called about once a second) ---------------------------------------------
+    # -- housekeeping (about once a second) ---------------------------------------------------
     def check(self, now):
         """Close the link if the peer stalls (on our requests, or by not reading what we send),
         falls silent, or has nothing left to exchange with us."""
-        if any(deadline < now for first, (_, deadline) in self.mine.items() if first not in self.arrived):
-            log.warning("peer_stalled", peer=self.name, outstanding=len(self.mine), result="closing")
-            self.close("request timed out")
-            return
-        if self.sending_since is not None and now - self.sending_since > SEND_STALL_S:
+        s = self.session
+        if s.overdue(now):
+            log.warning("peer_stalled", peer=self.name, outstanding=len(s.mine), result="closing")
+            self.close(Reason.REQUEST_TIMEOUT)
+        elif self.sending_since is not None and now - self.sending_since > SEND_STALL_S:
             log.warning("peer_stalled", peer=self.name, why="not reading", result="closing")
-            self.close("peer stopped reading")
-            return
-        if now - self.last_rx > IDLE_TIMEOUT_S and not self.mine and not self.serving:
-            self.close("idle")
-            return
-        if self.useful():
+            self.close(Reason.NOT_READING)
+        elif now - s.last_rx > IDLE_TIMEOUT_S and not s.mine and not s.serving:
+            self.close(Reason.IDLE)
+        elif self.hub.useful(s):
             self.last_useful = now
         elif now - self.last_useful > USELESS_CLOSE_S:
-            self.close("nothing to exchange")
-
-    def useful(self):
-        s = self.state
-        if self.mine or self.serving:
-            return True
-        if s.info is None:
-            return self.knows_file
-        we_want = s.missing & self.has
-        they_want = s.have & ~self.has
-        return bool(we_want or they_want)
-
-
-def _meta_msg(info):
-    return wire.Meta(info.size, info.piece_size, info.hashes)
+            self.close(Reason.NOTHING_TO_EXCHANGE)

@@ -23,6 +23,7 @@ import gevent
 from gevent import socket
 
 from . import beacon, log
+from .state import Source
 
 ANNOUNCE_INTERVAL_S = 1.0  # restarts are frequent: a returning peer is heard within a second
 PROBE_GAP_S = 0.004  # one probe every 4 ms: a /24 sweep takes about a second, ~250 datagrams/s
@@ -166,7 +167,7 @@ class Discovery:
         self._seen[ip] = b.instance
         if known == b.instance:
             return
-        entry = self.node.state.add_peer((ip, b.port), "discovery")
+        entry = self.node.state.add_peer((ip, b.port), Source.DISCOVERY)
         restarted = known is not None  # a new instance at a known address
         if restarted:
             log.info("peer_restarted", peer=ip, result="redial")

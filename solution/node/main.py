@@ -12,15 +12,15 @@ import gevent
 import ujson
 from gevent.event import Event
 
-from . import __version__, log, status
+from . import __version__, log
 from .config import ConfigError, parse_torrent_conf
+from .hub import Hub
 from .peers import Swarm
-from .state import NodeState
+from .state import Change, NodeState, Source
 from .storage import Storage
 
 PROGRESS_INTERVAL_S = 1.0  # one progress line a second while fetching
-PERSIST_DELAY_S = 1.0  # learned peers are saved this long after a change, and at most this often
-#                        (saving at the first change, 60 nodes wrote 366 files in S3's 1.2 s)
+PERSIST_DELAY_S = 1.0  # learned peers are saved this long after a change, at most this often
 
 
 class Node:
@@ -28,10 +28,9 @@ class Node:
         self.config = config
         self.state = NodeState(os.urandom(8))
         self.storage = None
-        self.swarm = Swarm(self)
+        self.swarm = Swarm(self.state, config, self.crash)
+        self.hub = Hub(self.state, self.swarm, config.port, self.learn_meta)
         self.discovery = None
-        self.sources = set()  # peers that sent us at least one good piece
-        self.meta_source = None  # the peer we learned the file's metadata from, if any
         self.stopping = Event()
         self._persist_wanted = Event()
         self._loops = []
@@ -41,13 +40,13 @@ class Node:
         cfg, s = self.config, self.state
         saved_peers, saved_info = self._load_saved()
         s.subscribe(self._on_change)
-        self.swarm.start()
+        self.swarm.start(self.hub)
         log.info("listening", version=__version__, addr=f"{cfg.bind}:{cfg.port}", data=cfg.data_path,
                  conf=cfg.conf_path, node_id=s.node_id.hex(), discovery="on" if cfg.discovery else "off")
         for addr in cfg.peers:
-            s.add_peer(addr, "conf")
+            s.add_peer(addr, Source.CONF)
         for addr in saved_peers:
-            s.add_peer(addr, "saved")
+            s.add_peer(addr, Source.SAVED)
         info = cfg.file_info or saved_info
         if info is not None:
             self._use_info(info, "conf" if cfg.file_info else "saved")
@@ -73,6 +72,7 @@ class Node:
     def _use_info(self, info, source):
         self.storage = Storage(self.config.data_path, info)
         self.storage.open()
+        self.hub.use_storage(self.storage)
         self.state.set_info(info)
         log.info("file_info", source=source, size=info.size, piece_size=info.piece_size,
                  pieces=info.n_pieces, result="known")
@@ -81,21 +81,21 @@ class Node:
     def _scan(self):
         t0 = time.monotonic()
         self.storage.scan(self.state.mark_checked)
-        self.state.finish_scan()
+        self.state.scan_finished()
         s = self.state
         log.info("scan_done", have=s.have_count, pieces=s.info.n_pieces,
                  secs=time.monotonic() - t0, result="complete" if s.complete else "partial")
 
     # -- reacting to state changes ------------------------------------------------------------
-    def _on_change(self, what):
-        if what in ("have", "requestable", "meta"):
+    def _on_change(self, change):
+        if change in (Change.HAVE, Change.REQUESTABLE, Change.META):
             self.swarm.kick_all()
-        if what == "meta":
+        if change is Change.META:
             self._save()  # at once: a restart without it would send this node back to zero
-        if what in ("peers", "meta"):
+        if change in (Change.PEERS, Change.META):
             self._persist_wanted.set()
             self.swarm.wake()
-        if what == "complete":
+        if change is Change.COMPLETE:
             gevent.spawn(self._on_complete)
 
     def _on_complete(self):
@@ -104,27 +104,11 @@ class Node:
         log.info("complete", pieces=s.info.n_pieces, bytes=s.info.size,
                  secs=s.completed_at - s.started, bytes_in=s.counters["bytes_in"],
                  dup_pieces=s.counters["dup_pieces"], bad_pieces=s.counters["pieces_bad"],
-                 peers_used=len(self.sources), result="verified")
+                 peers_used=len(self.hub.sources), result="verified")
 
-    def learn_peer(self, addr, source):
-        self.state.add_peer(addr, source)
-
-    def learn_meta(self, info, source):
+    def learn_meta(self, info, peer):
         if self.state.info is None:
-            self.meta_source = source
-            self._use_info(info, f"peer:{source}")
-
-    def register(self, conn):
-        return self.swarm.register(conn)
-
-    def unregister(self, conn):
-        self.swarm.unregister(conn)
-
-    def ban(self, conn):
-        self.swarm.ban(conn)
-
-    def status_json(self):
-        return ujson.dumps(status.snapshot(self)).encode()
+            self._use_info(info, f"peer:{peer}")
 
     # -- loops --------------------------------------------------------------------------------
     def _progress_loop(self):
@@ -135,7 +119,7 @@ class Node:
             gevent.sleep(PROGRESS_INTERVAL_S)
             now = time.monotonic()
             got, sent = s.counters["bytes_in"], s.counters["bytes_out"]
-            s.rates = {"in": (got - last_in) / (now - last_t), "out": (sent - last_out) / (now - last_t)}
+            s.set_rates((got - last_in) / (now - last_t), (sent - last_out) / (now - last_t))
             rate = s.rates["in"] / 1e6
             last_in, last_out, last_t = got, sent, now
             if s.info is None:

@@ -3,6 +3,8 @@
 Rule: connections are bounded by two pools (inbound and outbound), so a swarm of 60 nodes never
 builds a full mesh of sockets; a link with nothing left to exchange is closed (see conn.Conn.check),
 and the dialer then spends the freed slot on a peer that may still need us or have what we need.
+The Swarm owns admission (self, duplicates, bans) and what a link's end means for its address
+(retry, back off): it reads the link's Reason, never its wording.
 """
 
 import time
@@ -15,14 +17,11 @@ from gevent.server import StreamServer
 
 from . import log
 from .conn import Conn
-from .state import USELESS_RETRY_S, PeerEntry
+from .session import Reason
+from .state import PeerEntry, Source
 
 MAX_OUTBOUND = 8  # links we open at most: while starved (below), or while complete (offers)
-FEW_OUTBOUND = 3  # links we open while pieces keep arriving. Each link costs both ends a
-#                   handshake, bitfields, PEERS and a HAVE per chunk; on a CPU-bound machine fewer
-#                   links finish sooner (side by side, S3 60 nodes: 8 links 1.57-1.66 s, 4 links
-#                   1.10-1.47, 3 links 1.15-1.33; S2 16 nodes: 8 links 2.15-3.01, 3 links 1.74-1.84;
-#                   2 links were no faster than 3)
+FEW_OUTBOUND = 3  # links we open while pieces keep arriving: fewer finish sooner when CPU-bound
 STARVED_TICKS = 2  # dial intervals in a row without a new piece: then open up to MAX_OUTBOUND
 QUIET_TICKS = 2  # dial intervals in a row without sending a piece: then a complete node offers
 MAX_INBOUND = 24  # links we accept; leaves room for every dialler of a small swarm
@@ -34,13 +33,14 @@ OFFERS_AT_ONCE = 2  # a complete node's dials (offers) in flight, until one of t
 HOUSEKEEPING_S = 1.0  # how often stalled and useless links are looked for
 BAN_S = 60.0  # a peer that sent bad pieces repeatedly is ignored this long
 STOP_GRACE_S = 0.1  # at shutdown, links get this long to end cleanly before they are killed
-BENIGN_ENDS = ("nothing to exchange", "both complete", "idle")  # closed on purpose, not failures
 
 
 class Swarm:
-    def __init__(self, node):
-        self.node = node
-        self.state = node.state
+    def __init__(self, state, config, crash):
+        self.state = state
+        self.config = config
+        self._crash = crash  # crash(greenlet): a loop of ours died of a bug
+        self.hub = None
         self.in_pool = Pool(MAX_INBOUND + INBOUND_OVERFLOW)
         self.out_pool = Pool(MAX_OUTBOUND)
         self.server = None
@@ -54,13 +54,13 @@ class Swarm:
         self._wake = Event()
         self._loops = []
 
-    def start(self):
-        cfg = self.node.config
+    def start(self, hub):
+        cfg, self.hub = self.config, hub
         self.server = StreamServer((cfg.bind, cfg.port), self._accept, spawn=self.in_pool, backlog=128)
         self.server.start()
         self._loops = [gevent.spawn(self._dial_loop), gevent.spawn(self._housekeeping)]
         for g in self._loops:
-            g.link_exception(self.node.crash)
+            g.link_exception(self._crash)
 
     def stop(self):
         """Stop accepting, close every link, and wait briefly for their greenlets."""
@@ -71,7 +71,7 @@ class Swarm:
             g.kill(block=False)
         conns = list(self.state.conns.values())
         for c in conns:
-            c.close("shutdown")  # registered links end their own way: EOF, cleanup, log line
+            c.close(Reason.SHUTDOWN)  # registered links end their own way: EOF, cleanup, log line
         self.in_pool.join(timeout=STOP_GRACE_S)
         self.out_pool.join(timeout=STOP_GRACE_S)
         for pool in (self.in_pool, self.out_pool):
@@ -93,7 +93,7 @@ class Swarm:
         self.inbound_by_ip[ip] = from_ip + 1
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            Conn(self.node, sock, ip, outbound=False).run()
+            Conn(self.hub, sock, ip, outbound=False).run()
         finally:
             left = self.inbound_by_ip.pop(ip) - 1
             if left:
@@ -106,7 +106,7 @@ class Swarm:
             self._wake.clear()
             now = time.monotonic()
             for entry in self.state.dial_candidates(now, self._dial_budget(now)):
-                entry.dialing = True
+                entry.dial_started()
                 self.out_pool.spawn(self._dial, entry)
 
     def _dial_budget(self, now):
@@ -114,14 +114,10 @@ class Swarm:
         arrive, and opens up to MAX_OUTBOUND once it starves: the pieces it lacks may be on peers
         it has no link to (many sources), or its peers may be slow or gone.
         A complete node needs nothing: its dials only offer pieces, to peers that might not find
-        it themselves, and only once it is quiet (it sent no piece for QUIET_TICKS intervals).
-        While peers fetch from it, the swarm has found it: a seeder that offered while it served
-        dialled 16 of 59 nodes that would have fetched from each other anyway (60 nodes sharing
-        one 64 KiB piece, side by side: 0.37-0.39 s against 0.45-0.46). Once quiet, until an
-        offer proves needed (the link moved pieces), it makes one per interval, OFFERS_AT_ONCE
-        at most: otherwise 60 finished nodes would each sweep all 59 others at the end of a
-        sync, thousands of handshakes in the CPU time the last nodes need (measured in S3: 720
-        of its 1230 links)."""
+        it themselves, and only once it is quiet (it sent no piece for QUIET_TICKS intervals):
+        while peers fetch from it, the swarm has found it. Until an offer proves needed (the link
+        moved pieces), it makes one per interval, OFFERS_AT_ONCE at most, so that finished nodes
+        do not all sweep each other at the end of a sync (docs/tuning.md)."""
         free = self.out_pool.free_count()
         still = self._still_ticks(now)
         if not self.state.complete:
@@ -152,93 +148,86 @@ class Swarm:
     def _dial(self, entry):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            if self.node.config.bind != "0.0.0.0":
-                sock.bind((self.node.config.bind, 0))
+            if self.config.bind != "0.0.0.0":
+                sock.bind((self.config.bind, 0))
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(entry.addr)
             sock.settimeout(None)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
             sock.close()
-            entry.dialing = False
             entry.failed(time.monotonic())
             log.debug("dial_failed", peer=entry.addr[0], why=str(e), fails=entry.fails, result="retry_later")
             return
-        entry.dialing = False
-        conn = Conn(self.node, sock, entry.addr[0], outbound=True, entry=entry)
+        entry.dial_connected()
+        conn = Conn(self.hub, sock, entry.addr[0], outbound=True, entry=entry, offer=self.state.complete)
         conn.run()
-        if conn.peer_id is None and not entry.is_self:
-            entry.failed(time.monotonic())
+        if conn.session.peer_id is None and not entry.is_self:
+            entry.failed(time.monotonic())  # no handshake: as good as a failed dial
 
     # -- the connection table -----------------------------------------------------------------
-    def register(self, conn):
-        """A handshake finished: admit the link, or refuse it (self, duplicate, banned)."""
-        s = self.state
-        if conn.peer_id == s.node_id:
+    def admit(self, conn):
+        """A handshake finished: None to admit the link, or the Reason to refuse it."""
+        s, peer_id = self.state, conn.session.peer_id
+        if peer_id == s.node_id:
             if conn.entry is not None:
-                conn.entry.is_self = True
+                conn.entry.mark_self()
             log.debug("self_connection", addr=conn.ip, result="ignored")
-            return False
-        now = time.monotonic()
-        if max(self.banned.get(conn.peer_id, 0), self.banned.get(conn.ip, 0)) > now:
-            conn.reason = "banned"
-            return False
+            return Reason.SELF
+        if max(self.banned.get(peer_id, 0), self.banned.get(conn.ip, 0)) > time.monotonic():
+            return Reason.BANNED
         if conn.entry is None:
-            if conn.listen_port == 0:  # a client (e.g. `node status`): served, not a peer
-                conn.entry = PeerEntry((conn.ip, 0), "client")
-                return True
-            conn.entry = s.add_peer((conn.ip, conn.listen_port), "inbound")
-        other = s.conns.get(conn.peer_id)
+            if conn.session.listen_port == 0:  # a client (e.g. `node status`): served, not a peer
+                conn.attach(PeerEntry((conn.ip, 0), Source.CLIENT))
+                return None
+            conn.attach(s.add_peer((conn.ip, conn.session.listen_port), Source.INBOUND))
+        other = s.conns.get(peer_id)
         if other is not None:
             if self._dialer_id(conn) >= self._dialer_id(other):
                 log.debug("duplicate_connection", peer=conn.name, result="dropped_new")
-                conn.reason = "duplicate"
-                return False
-            other.close("duplicate")
+                return Reason.DUPLICATE
+            other.close(Reason.DUPLICATE)
             self._forget(other)
-        s.conns[conn.peer_id] = conn
-        conn.entry.conn = conn
-        conn.offer = conn.outbound and s.complete
+        s.link_up(peer_id, conn)
         s.mark_verified(conn.entry)
         log.info("peer_connected", peer=conn.name, direction="out" if conn.outbound else "in",
                  conns=len(s.conns), result="ok")
-        return True
+        return None
 
     def _dialer_id(self, conn):
         # Both ends of a doubled link agree to keep the one opened by the smaller node id.
-        return self.state.node_id if conn.outbound else conn.peer_id
+        return self.state.node_id if conn.outbound else conn.session.peer_id
 
-    def unregister(self, conn):
+    def leave(self, conn):
+        """A link ended: what it means for its address, and the log line."""
+        reason = conn.reason
+        if reason.peer_fault:  # say so, even mid-handshake
+            log.warning("peer_closed", peer=conn.name, why=conn.detail, result="protocol_error")
         if not self._forget(conn):
             return
-        entry, now = conn.entry, time.monotonic()
-        entry.complete = bool(self.state.info) and conn.has & self.state.full == self.state.full
+        if not reason.peer_fault:
+            log.info("peer_closed", peer=conn.name, why=reason.value, result="closed")
+        s = self.state
+        complete = bool(s.info) and conn.session.peer_has & s.full == s.full
+        benign = None if reason is Reason.SHUTDOWN else reason.benign
+        conn.entry.link_down(conn, time.monotonic(), benign, conn.productive, complete)
         if conn.offer:
             self.offers_needed = conn.productive
-        if conn.reason in BENIGN_ENDS:
-            entry.fails = 0
-            entry.next_try = max(entry.next_try, now + USELESS_RETRY_S)
-        elif conn.reason != "shutdown":
-            if conn.productive:
-                entry.fails = 0
-            entry.failed(now)  # errors back off, even after a good handshake: never a tight loop
         self.wake()
 
     def _forget(self, conn):
-        s = self.state
-        if s.conns.get(conn.peer_id) is not conn:
-            return False
-        del s.conns[conn.peer_id]
-        if conn.entry is not None and conn.entry.conn is conn:
-            conn.entry.conn = None
-        return True
+        return self.state.link_down(conn.session.peer_id, conn)
 
     def ban(self, conn):
         until = time.monotonic() + BAN_S
-        self.banned[conn.peer_id] = self.banned[conn.ip] = until  # by address too: ids are cheap
+        self.banned[conn.session.peer_id] = self.banned[conn.ip] = until  # by address too: ids are cheap
         if conn.entry is not None:
-            conn.entry.next_try = until
+            conn.entry.ban_until(until)
         log.warning("peer_banned", peer=conn.name, secs=BAN_S, result="banned")
+
+    def availability(self):
+        """What each linked peer holds: the picker counts rarity from these."""
+        return [c.session.peer_has for c in self.state.conns.values()]
 
     def kick_all(self):
         for c in list(self.state.conns.values()):

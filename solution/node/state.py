@@ -1,11 +1,14 @@
-"""What one node knows: the file's metadata, which pieces it holds, which are requested, its peers.
+"""What one node knows: the file's metadata, which pieces it holds, which are requested, its peers
+and its open links.
 
 Rule: other modules read these fields freely but change them only through the methods here, so
-there is one place that keeps the bitsets consistent and tells subscribers what changed.
+there is one place that keeps the bitsets consistent and tells subscribers what changed
+(tests/unit/test_ownership.py checks that no module assigns another's attributes).
 Piece sets are ints used as bitsets (bit i = piece i), with `picker`'s helpers (a pure leaf).
 A process runs one NodeState per node (tests run several nodes in one process).
 """
 
+import enum
 import random
 import time
 
@@ -15,7 +18,30 @@ from .picker import span_bits
 BACKOFF_FIRST_S = 0.5  # a peer that is restarting is usually back within a second
 BACKOFF_MAX_S = 4.0  # restarts are frequent: never wait long to retry a known address
 USELESS_RETRY_S = 3.0  # after closing a link with nothing to exchange, wait before redialling
-ALIVE_SOURCES = ("inbound", "pex", "discovery")  # heard from, or a peer talked to it: it runs
+
+
+class Change(enum.Enum):
+    """What changed, as told to subscribers."""
+    HAVE = "have"  # new pieces held
+    REQUESTABLE = "requestable"  # pieces became fetchable (scanned missing, or released)
+    PEERS = "peers"  # an address to dial appeared or became worth retrying
+    META = "meta"  # the file's metadata became known
+    COMPLETE = "complete"
+
+
+class Source(enum.Enum):
+    """Where we learned a peer's address."""
+    CONF = "conf"
+    SAVED = "saved"  # the state file of an earlier run
+    INBOUND = "inbound"  # it dialled us
+    PEX = "pex"  # a peer told us (PEERS)
+    DISCOVERY = "discovery"  # we heard its beacon
+    CLIENT = "client"  # a status client, not a peer
+
+    @property
+    def alive(self):
+        """Evidence that a node listens there now: heard from, or a peer talked to it."""
+        return self in (Source.INBOUND, Source.PEX, Source.DISCOVERY)
 
 
 class PeerEntry:
@@ -26,9 +52,9 @@ class PeerEntry:
 
     def __init__(self, addr, source):
         self.addr = addr
-        self.source = source  # conf | inbound | pex | discovery | saved
+        self.source = source  # a Source
         self.verified = False  # a handshake with it has succeeded at least once
-        self.alive = source in ALIVE_SOURCES  # evidence that a node listens there (see dial order)
+        self.alive = source.alive  # evidence that a node listens there (see dial order)
         self.fails = 0
         self.next_try = 0.0
         self.complete = False  # held every piece when we last talked
@@ -37,11 +63,52 @@ class PeerEntry:
         self.dialing = False
 
     def failed(self, now):
+        self.dialing = False
         self.fails += 1
         self.next_try = now + min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** min(self.fails - 1, 16))
 
+    def heard(self):
+        self.alive = True
+
+    def handshaken(self):
+        self.verified = True
+
+    def retry_now(self, restarted):
+        self.fails, self.next_try = 0, 0.0
+        if restarted:
+            self.complete = False  # it may have lost pieces since we saw it complete
+
+    def dial_started(self):
+        self.dialing = True
+
+    def dial_connected(self):
+        self.dialing = False
+
+    def mark_self(self):
+        self.is_self = True
+
+    def ban_until(self, until):
+        self.next_try = max(self.next_try, until)
+
+    def link_up(self, conn):
+        self.conn = conn
+
+    def link_down(self, conn, now, benign, productive, complete):
+        """The link to this address ended. Benign ends wait USELESS_RETRY_S; errors back off,
+        even after a good handshake (never a tight loop); a shutdown says nothing of the peer."""
+        if self.conn is conn:
+            self.conn = None
+        self.complete = complete
+        if benign:
+            self.fails = 0
+            self.next_try = max(self.next_try, now + USELESS_RETRY_S)
+        elif benign is not None:
+            if productive:
+                self.fails = 0
+            self.failed(now)
+
     def __repr__(self):
-        return f"PeerEntry({self.addr[0]}:{self.addr[1]} {self.source})"
+        return f"PeerEntry({self.addr[0]}:{self.addr[1]} {self.source.value})"
 
 
 class NodeState:
@@ -51,7 +118,6 @@ class NodeState:
         self.full = self.have = self.missing = self.requested = 0
         self.requested_twice = 0  # endgame: pieces with a second request out; never a third
         self.have_count = 0
-        self.scanned = False
         self.peers = {}  # (ip, port) -> PeerEntry
         self.conns = {}  # peer node_id -> connection
         self.verified_version = 0  # bumped when an address joins verified_addrs()
@@ -67,7 +133,7 @@ class NodeState:
 
     # -- subscriptions: connections and the dialer react to changes ---------------------------
     def subscribe(self, fn):
-        """fn(what) is called after each change: 'have', 'requestable', 'peers', 'meta', 'complete'."""
+        """fn(change) is called after each change, with a Change."""
         self._subscribers.append(fn)
 
     def _notify(self, what):
@@ -78,7 +144,7 @@ class NodeState:
     def set_info(self, info):
         self.info = info
         self.full = (1 << info.n_pieces) - 1
-        self._notify("meta")
+        self._notify(Change.META)
 
     @property
     def complete(self):
@@ -91,14 +157,12 @@ class NodeState:
         self.have |= good
         self.missing |= span & ~self.have
         self.have_count = self.have.bit_count()
-        self._notify("requestable")
+        self._notify(Change.REQUESTABLE)
         if good:
             self._on_new_pieces()
 
-    def finish_scan(self):
-        self.scanned = True
-        self._notify("requestable")
-        if self.complete and self.completed_at is None:  # e.g. a 0-byte file: no piece to mark
+    def scan_finished(self):
+        if self.complete and self.completed_at is None:  # a 0-byte file: no piece was marked
             self._on_new_pieces()
 
     def mark_have(self, good):
@@ -116,10 +180,10 @@ class NodeState:
     def _on_new_pieces(self):
         if self.complete and self.completed_at is None:
             self.completed_at = time.monotonic()
-            self._notify("have")
-            self._notify("complete")
+            self._notify(Change.HAVE)
+            self._notify(Change.COMPLETE)
         else:
-            self._notify("have")
+            self._notify(Change.HAVE)
 
     def mark_requested(self, bits):
         self.requested_twice |= bits & self.requested
@@ -133,7 +197,7 @@ class NodeState:
         once = bits & ~twice & self.requested
         if once:
             self.requested &= ~once
-            self._notify("requestable")
+            self._notify(Change.REQUESTABLE)
 
     def has_all(self, first, count):
         span = span_bits(first, count)
@@ -145,10 +209,10 @@ class NodeState:
         entry = self.peers.get(addr)
         if entry is None:
             entry = self.peers[addr] = PeerEntry(addr, source)
-            log.debug("peer_learned", peer=f"{addr[0]}:{addr[1]}", source=source)
-            self._notify("peers")
-        elif source in ALIVE_SOURCES:
-            entry.alive = True
+            log.debug("peer_learned", peer=f"{addr[0]}:{addr[1]}", source=source.value)
+            self._notify(Change.PEERS)
+        elif source.alive:
+            entry.heard()
         return entry
 
     def dial_candidates(self, now, limit):
@@ -176,20 +240,33 @@ class NodeState:
         """The address was just heard from, so it is alive: forget its backoff. A restarted peer
         may also have lost pieces since we last saw it complete."""
         if entry.fails or entry.next_try or restarted:
-            entry.fails = 0
-            entry.next_try = 0.0
-            if restarted:
-                entry.complete = False
-            self._notify("peers")
+            entry.retry_now(restarted)
+            self._notify(Change.PEERS)
 
     def mark_verified(self, entry):
         if not entry.verified:
-            entry.verified = True
+            entry.handshaken()
             self.verified_version += 1
-            self._notify("peers")
+            self._notify(Change.PEERS)
 
     def verified_addrs(self):
         return [e.addr for e in self.peers.values() if e.verified and not e.is_self]
 
+    # -- links --------------------------------------------------------------------------------
+    def link_up(self, peer_id, conn):
+        self.conns[peer_id] = conn
+        conn.entry.link_up(conn)
+
+    def link_down(self, peer_id, conn):
+        """Forget the link if it is the one we hold for that peer; returns whether it was."""
+        if self.conns.get(peer_id) is not conn:
+            return False
+        del self.conns[peer_id]
+        return True
+
+    # -- counters -----------------------------------------------------------------------------
     def count(self, key, n=1):
         self.counters[key] += n
+
+    def set_rates(self, rate_in, rate_out):
+        self.rates = {"in": rate_in, "out": rate_out}

@@ -1,8 +1,9 @@
 """A node's status: `snapshot(node) -> dict` (pure), and the `python3 -m node status` client.
 
 Rule: snapshot only reads state; the client speaks the same wire protocol as peers (HELLO, then
-STATUS_REQ), so status works on the node's one port with no extra listener. The client uses
-stdlib sockets and never imports gevent, so the image's HEALTHCHECK costs a bare Python start.
+STATUS_REQ) through the same Session as a peer link, so status works on the node's one port with
+no extra listener. The client uses stdlib sockets and never imports gevent, so the image's
+HEALTHCHECK costs a bare Python start.
 """
 
 import json
@@ -17,8 +18,8 @@ from .config import DEFAULT_PORT, parse_address
 STATUS_TIMEOUT_S = 3.0
 
 
-def snapshot(node):
-    s = node.state
+def snapshot(s):
+    """The status of a node, from its NodeState."""
     info = s.info
     n = info.n_pieces if info else 0
     return {
@@ -41,16 +42,21 @@ def snapshot(node):
 
 def fetch(host, port, timeout=STATUS_TIMEOUT_S):
     """Ask a running node for its status dict."""
+    from .session import Closed, Session  # only the client needs it
+    session = Session(wire.Hello(os.urandom(8), 0))
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(wire.encode(wire.Hello(os.urandom(8), 0)) + wire.encode(wire.StatusRequest()))
-        dec = wire.Decoder()
+        sock.sendall(session.greeting + session.ask_status())
         while True:
             data = sock.recv(65536)
             if not data:
                 raise ConnectionError("node closed the connection before answering")
-            for msg in dec.feed(data):
-                if isinstance(msg, wire.Status):
-                    return json.loads(msg.body)
+            try:
+                events = session.feed(data)
+            except Closed as e:
+                raise ConnectionError(str(e)) from None
+            for ev in events:
+                if type(ev) is wire.Status:
+                    return json.loads(ev.body)
 
 
 def cli(argv):

@@ -175,10 +175,13 @@ class Storage:
         self._write_behind = write_behind if info.size >= FSYNC_MIN_BYTES else None
 
     # -- receive buffers: few and reused, since fresh memory costs a page fault per 4 KiB ---------
-    def take_buffer(self):
-        """A buffer for one chunk (chunk_pieces whole pieces); waits while CHUNKS_IN_FLIGHT are
-        out. Every buffer taken must be handed back with give_buffer."""
-        self._slots.acquire()
+    def take_buffer(self, cancel):
+        """A buffer for one chunk (chunk_pieces whole pieces), or None once `cancel` (an Event) is
+        set; waits while CHUNKS_IN_FLIGHT are out. Every buffer taken goes back via give_buffer."""
+        while not self._slots.acquire(blocking=False):
+            gevent.wait([self._slots, cancel], count=1)
+            if cancel.is_set():
+                return None
         return self._buffer()
 
     def _buffer(self):
@@ -254,14 +257,10 @@ class Storage:
             offset += n
         return good
 
-    def write(self, first, data, skip=0):
-        """Verify pieces first.. in `data` and pwrite the good ones; returns the good bitset.
-        Pieces in `skip` (already held) are neither hashed nor written."""
-        return self._pool.apply(self._verify_and_write, (first, data, skip))
-
     def write_async(self, first, data, skip=0):
-        """`write` started in the thread pool; `.get()` on the result waits for the good bitset.
-        Several may run at once (both cores hash and fill the page cache). On a machine busier
+        """Verify pieces first.. in `data` and pwrite the good ones, in the thread pool; `.get()`
+        on the result waits for the good bitset. Pieces in `skip` (already held) are neither hashed
+        nor written. Several may run at once (both cores hash and fill the page cache). On a machine busier
         than its cores, though, a pool thread finds no free core: it only adds thread switches and
         wake-ups, so the work is done at once, here (measured: S2 2.8 -> 2.3 s, S3 2.3 -> 1.9 s,
         S4 0.90 -> 0.71 s, with 16 to 60 node processes on 2 cores)."""

@@ -6,6 +6,13 @@ import random
 import sys
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests that leave max_examples to the profile: 400 by default, 10^5 with
+# HYPOTHESIS_PROFILE=deep (`make fuzz`, which CI runs).
+settings.register_profile("unit", max_examples=400)
+settings.register_profile("deep", max_examples=100_000, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "unit"))
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "solution"))
 

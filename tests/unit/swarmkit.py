@@ -73,3 +73,17 @@ class LocalSwarm:
     def file_bytes(self, i):
         with open(self.data_path(i), "rb") as f:
             return f.read()
+
+
+def decode_frames(buf):
+    """Whole frames at the start of `buf` (a bytearray) -> messages; removes them from `buf`.
+    With the codec alone, for test peers that do not keep a session's rules."""
+    from node import wire
+    out = []
+    while len(buf) >= wire.HEADER.size:
+        kind, n = wire.decode_header(bytes(buf[:wire.HEADER.size]))
+        if len(buf) < wire.HEADER.size + n:
+            break
+        out.append(wire.decode_payload(kind, bytes(buf[wire.HEADER.size:wire.HEADER.size + n])))
+        del buf[:wire.HEADER.size + n]
+    return out

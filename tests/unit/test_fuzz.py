@@ -1,7 +1,8 @@
 """Property tests (hypothesis, bounded): whatever a peer or an operator sends, the codecs either
 return a well-formed result or raise their own error (WireError, BeaconError, ConfigError), never
-another exception; the wire decoder never buffers more than one allowed frame, and its output does
-not depend on how the byte stream is chunked."""
+another exception. Peer bytes go through the session's receive path, the one real links use:
+its output does not depend on how the byte stream is split into reads, and its buffer never
+holds more than one allowed frame. `HYPOTHESIS_PROFILE=deep` (make fuzz) runs 10^5 inputs each."""
 
 import json
 
@@ -10,32 +11,55 @@ from hypothesis import strategies as st
 
 from node import beacon, config, wire
 from node.config import ConfigError, FileInfo
-from node.wire import Decoder, WireError
+from node.session import NEED_BUFFER, NEED_DATA, READ_AHEAD, Chunk, Closed, Session
+from node.wire import WireError
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-LARGEST_FRAME = wire.HEADER.size + max(wire.MAX_PAYLOAD.values())
-MESSAGE_TYPES = (wire.Hello, wire.Bitfield, wire.Have, wire.Request, wire.Pieces, wire.Reject,
-                 wire.GetMeta, wire.Meta, wire.Peers, wire.StatusRequest, wire.Status)
+RECEIVE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # examples: profile
+LARGEST_CONTROL_FRAME = wire.HEADER.size + max(n for k, n in wire.MAX_PAYLOAD.items() if k != wire.PIECES)
+PIECE = 64
+INFO = FileInfo(16 * PIECE - 7, PIECE, tuple(bytes([i]) * 20 for i in range(16)))
+REQUESTED = ((0, 2), (4, 3), (15, 1))  # what the fuzzed session asked its peer for
 
-# -- wire -----------------------------------------------------------------------------------------
+# -- the receive path -----------------------------------------------------------------------------
 
 u32 = st.integers(min_value=0, max_value=2 ** 32 - 1)
+small = st.integers(min_value=0, max_value=20)
 ipv4 = st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t)))
 messages = st.one_of(
     st.builds(wire.Hello, st.binary(min_size=8, max_size=8), st.integers(0, 65535),
-              st.binary(min_size=20, max_size=20), st.integers(0, 255)),
+              st.sampled_from([wire.NO_META, INFO.meta_id, bytes(range(20))]), st.integers(0, 2)),
     st.builds(wire.Bitfield, st.binary(max_size=64)),
-    st.builds(wire.Have, u32, u32),
-    st.builds(wire.Request, u32, u32),
-    st.builds(wire.Reject, u32, u32),
-    st.builds(wire.Pieces, u32, u32, st.binary(max_size=300)),
+    st.builds(wire.Have, small | u32, small | u32),
+    st.builds(wire.Request, small | u32, small | u32),
+    st.builds(wire.Reject, small | u32, small | u32),
+    st.builds(wire.Pieces, small | u32, small | u32, st.binary(max_size=300)),
     st.just(wire.GetMeta()),
+    st.just(wire.Meta(INFO.size, INFO.piece_size, INFO.hashes)),
     st.builds(wire.Meta, st.integers(0, 2 ** 64 - 1), u32,
               st.lists(st.binary(min_size=20, max_size=20), max_size=5).map(tuple)),
     st.builds(wire.Peers, st.lists(st.tuples(ipv4, st.integers(0, 65535)), max_size=5).map(tuple)),
     st.just(wire.StatusRequest()),
     st.builds(wire.Status, st.binary(max_size=100)),
 )
+requested_pieces = st.sampled_from(REQUESTED).map(
+    lambda r: wire.Pieces(r[0], r[1], bytes(INFO.span(*r)[1])))
+frames = st.one_of(messages, requested_pieces).map(wire.encode)
+HELLO = wire.encode(wire.Hello(b"peer-id!", 7000, INFO.meta_id))
+
+
+def fuzzed_session(knows_file):
+    """Asked for REQUESTED (knowing the file) or for the metadata (not), and for a status."""
+    s = Session(wire.Hello(b"ours-id!", 6881, INFO.meta_id if knows_file else wire.NO_META),
+                INFO if knows_file else None, chunk_pieces=2)
+    s.feed(HELLO)
+    if knows_file:
+        for first, count in REQUESTED:
+            s.request(first, count, now=0.0)
+    else:
+        s.ask_meta()
+    s.ask_status()
+    return s
 
 
 def chunked(data, cuts):
@@ -47,40 +71,54 @@ def chunked(data, cuts):
     return out
 
 
-def decode_in_chunks(data, cuts):
-    """(messages decoded before any error, raised WireError or None); checks the buffer bound."""
-    d = Decoder()
+def receive(data, cuts, knows_file=True):
+    """(events before any error, as comparable values; the error's type or None), read the way
+    conn.Conn reads: each recv into recv_view(), then events until NEED_DATA."""
+    s = fuzzed_session(knows_file)
     got = []
-    for chunk in chunked(data, cuts):
+    for piece in chunked(data, cuts):
+        piece = memoryview(piece)
         try:
-            msgs = d.feed(chunk)
-        except WireError as e:
-            return got, e
-        assert all(isinstance(m, MESSAGE_TYPES) for m in msgs)
-        got += msgs
-        assert d.pending <= LARGEST_FRAME
+            while True:
+                ev = s.next_event()
+                if ev is NEED_DATA:
+                    if not piece:
+                        break
+                    view = s.recv_view()
+                    k = min(len(view), len(piece))
+                    view[:k], piece = piece[:k], piece[k:]
+                    s.received(k, now=0.0)
+                elif ev is NEED_BUFFER:
+                    s.give_buffer(bytearray(s.chunk_bytes))
+                else:
+                    assert isinstance(ev, (Chunk, FileInfo)) or type(ev) in vars(wire).values()
+                    got.append(("chunk", ev.first, ev.count, bytes(ev.view), ev.done)
+                               if type(ev) is Chunk else ev)
+        except (WireError, Closed) as e:
+            return got, type(e)
+        assert s.pending <= LARGEST_CONTROL_FRAME
+        assert len(s._buf) <= max(READ_AHEAD, 2 * LARGEST_CONTROL_FRAME)
     return got, None
 
 
-@FUZZ
-@given(st.lists(messages, max_size=6), st.lists(st.integers(min_value=0), max_size=8))
-def test_any_messages_any_chunking_round_trip(msgs, cuts):
-    data = b"".join(wire.encode(m) for m in msgs)
-    got, err = decode_in_chunks(data, cuts)
-    assert err is None
-    assert got == msgs
+@RECEIVE
+@given(st.lists(frames, max_size=8), st.lists(st.integers(min_value=0), max_size=8), st.booleans())
+def test_any_frames_any_reads_give_the_same_events(stream, cuts, knows_file):
+    data = b"".join(stream)
+    assert receive(data, cuts, knows_file) == receive(data, [], knows_file)
 
 
-@FUZZ
-@given(st.binary(max_size=600), st.lists(st.integers(min_value=0), max_size=8))
-def test_random_bytes_only_raise_wire_error(data, cuts):
-    decode_in_chunks(data, cuts)
+@RECEIVE
+@given(st.binary(max_size=600), st.lists(st.integers(min_value=0), max_size=8), st.booleans())
+def test_random_bytes_only_raise_wire_errors(data, cuts, knows_file):
+    receive(HELLO + data, cuts, knows_file)
+    receive(data, cuts, knows_file)
 
 
 @st.composite
 def mutated_streams(draw):
     """Valid frames with a few bytes overwritten: reaches the payload checks, not only the header."""
-    data = bytearray(b"".join(wire.encode(m) for m in draw(st.lists(messages, min_size=1, max_size=4))))
+    data = bytearray(b"".join(draw(st.lists(frames, min_size=1, max_size=4))))
     for _ in range(draw(st.integers(1, 4))):
         i = draw(st.integers(0, len(data) - 1))
         data[i] = draw(st.integers(0, 255))
@@ -89,32 +127,23 @@ def mutated_streams(draw):
     return bytes(data)
 
 
-@FUZZ
-@given(mutated_streams(), st.lists(st.integers(min_value=0), max_size=8))
-def test_mutated_frames_only_raise_wire_error_whatever_the_chunking(data, cuts):
-    chunked_got, chunked_err = decode_in_chunks(data, cuts)
-    whole_got, whole_err = decode_in_chunks(data, [])
-    assert (chunked_err is None) == (whole_err is None)
-    if whole_err is None:
-        assert chunked_got == whole_got
+@RECEIVE
+@given(mutated_streams(), st.lists(st.integers(min_value=0), max_size=8), st.booleans())
+def test_mutated_frames_only_raise_wire_errors_whatever_the_reads(data, cuts, knows_file):
+    assert receive(data, cuts, knows_file) == receive(data, [], knows_file)
 
 
 @FUZZ
 @given(st.sampled_from(sorted(wire.MAX_PAYLOAD)), st.integers(min_value=0, max_value=2 ** 32 - 1))
 def test_header_alone_decides_oversize(kind, length):
     header = wire.HEADER.pack(length, kind)
-    d = Decoder()
     if length == 0 or length - 1 > wire.MAX_PAYLOAD[kind]:
         try:
-            d.feed(header)
+            wire.decode_header(header)
         except WireError:
             return
         raise AssertionError(f"length {length} accepted for {wire.NAMES[kind]}")
-    try:
-        d.feed(header)
-    except WireError:
-        assert length == 1  # a complete, empty payload that this kind does not allow
-    assert d.pending <= LARGEST_FRAME
+    assert wire.decode_header(header) == (kind, length - 1)
 
 
 # -- beacon ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from gevent.server import StreamServer
 from node import wire
 from node.config import parse_file_info
 
-from swarmkit import LocalSwarm
+from swarmkit import LocalSwarm, decode_frames
 
 
 @pytest.fixture
@@ -140,14 +140,15 @@ def test_stalled_peer_costs_only_its_requests(swarm, torrent_factory):
 
 def read_frames(sock, want, within=3.0):
     """Messages from the node until `want(msgs)` holds (or the time is up)."""
-    dec, msgs = wire.Decoder(), []
+    buf, msgs = bytearray(), []
     sock.settimeout(within)
     deadline = time.monotonic() + within
     while time.monotonic() < deadline and not want(msgs):
         data = sock.recv(65536)
         if not data:
             break
-        msgs.extend(dec.feed(data))
+        buf += data
+        msgs.extend(decode_frames(buf))
     return msgs
 
 

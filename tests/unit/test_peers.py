@@ -3,7 +3,6 @@ all its outbound slots once it starves; a complete node offers pieces only once 
 from it, and then slowly, until an offer turns out to be needed."""
 
 import hashlib
-from types import SimpleNamespace
 
 import gevent
 
@@ -17,7 +16,7 @@ def make_swarm(complete):
     info = FileInfo(256, 16, tuple(hashlib.sha1(b"%d" % i).digest() for i in range(16)))
     st = NodeState(b"\x01" * 8, info)
     st.mark_checked(0, 16, 0xFFFF if complete else 0)
-    return Swarm(SimpleNamespace(state=st))
+    return Swarm(st, config=None, crash=None)
 
 
 def test_incomplete_node_keeps_few_links_while_pieces_arrive():

@@ -8,7 +8,7 @@ import pytest
 
 from node import state
 from node.config import FileInfo
-from node.state import BACKOFF_FIRST_S, BACKOFF_MAX_S, NodeState, PeerEntry
+from node.state import BACKOFF_FIRST_S, BACKOFF_MAX_S, Change, NodeState, PeerEntry, Source
 
 N = 8
 
@@ -30,7 +30,7 @@ def node():
     """A NodeState with a file of N pieces and a list recording every notification."""
     s = NodeState(b"\x01" * 8, make_info())
     s.events = []
-    s.subscribe(s.events.append)
+    s.subscribe(lambda change: s.events.append(change.value))
     return s
 
 
@@ -54,7 +54,7 @@ def test_set_info_notifies_meta():
     seen = []
     s.subscribe(seen.append)
     s.set_info(make_info())
-    assert seen == ["meta"]
+    assert seen == [Change.META]
     assert s.full == ALL and not s.complete
 
 
@@ -103,12 +103,6 @@ def test_complete_file_on_disk_completes_at_scan(node):
     assert node.complete
     assert node.completed_at is not None
     assert node.events == ["requestable", "have", "complete"]
-
-
-def test_finish_scan(node):
-    node.finish_scan()
-    assert node.scanned
-    assert node.events == ["requestable"]
 
 
 def test_mark_have_clears_missing_and_requested(node):
@@ -187,7 +181,8 @@ def test_several_subscribers_all_hear(node):
     other = []
     node.subscribe(other.append)
     node.mark_checked(0, N, bits(0))
-    assert other == node.events == ["requestable", "have"]
+    assert other == [Change.REQUESTABLE, Change.HAVE]
+    assert node.events == ["requestable", "have"]
 
 
 # -- peers ----------------------------------------------------------------------------------------
@@ -196,25 +191,25 @@ A, B, C, D, E, F = (("10.0.0.%d" % i, 6881) for i in range(2, 8))
 
 
 def test_add_peer_is_idempotent_and_notifies_once(node):
-    e1 = node.add_peer(A, "conf")
-    e2 = node.add_peer(A, "pex")
+    e1 = node.add_peer(A, Source.CONF)
+    e2 = node.add_peer(A, Source.PEX)
     assert e1 is e2
-    assert e1.source == "conf"  # the first source is kept
+    assert e1.source is Source.CONF  # the first source is kept
     assert node.events == ["peers"]
     assert list(node.peers) == [A]
-    node.add_peer(B, "discovery")
+    node.add_peer(B, Source.DISCOVERY)
     assert node.events == ["peers", "peers"]
 
 
 def test_same_ip_other_port_is_another_peer(node):
-    assert node.add_peer(("10.0.0.2", 6881), "conf") is not node.add_peer(("10.0.0.2", 7000), "conf")
+    assert node.add_peer(("10.0.0.2", 6881), Source.CONF) is not node.add_peer(("10.0.0.2", 7000), Source.CONF)
     assert len(node.peers) == 2
 
 
 def test_dial_candidates_skip_what_should_not_be_dialled(node):
     now = 100.0
     for addr in (A, B, C, D, E, F):
-        node.add_peer(addr, "conf")
+        node.add_peer(addr, Source.CONF)
     node.peers[A].conn = object()  # connected
     node.peers[B].dialing = True
     node.peers[C].is_self = True
@@ -225,8 +220,8 @@ def test_dial_candidates_skip_what_should_not_be_dialled(node):
 
 
 def test_complete_peers_are_skipped_once_we_are_complete(node):
-    node.add_peer(A, "conf").complete = True
-    node.add_peer(B, "conf")
+    node.add_peer(A, Source.CONF).complete = True
+    node.add_peer(B, Source.CONF)
     assert sorted(e.addr for e in node.dial_candidates(0.0, 10)) == [A, B]
     node.mark_checked(0, N, ALL)
     assert [e.addr for e in node.dial_candidates(0.0, 10)] == [B]
@@ -236,25 +231,25 @@ def test_a_complete_node_offers_only_to_addresses_nobody_vouched_for(node):
     """Once complete, a node dials only to offer pieces: not to a node that has links of its
     own (a peer exchanged it), that dialled us, that we heard or handshook with."""
     for addr in (A, B, C, D):
-        node.add_peer(addr, "conf")
-    node.add_peer(A, "pex")
-    node.add_peer(B, "inbound")
+        node.add_peer(addr, Source.CONF)
+    node.add_peer(A, Source.PEX)
+    node.add_peer(B, Source.INBOUND)
     node.peers[C].verified = True
-    node.add_peer(E, "discovery")
+    node.add_peer(E, Source.DISCOVERY)
     assert len(node.dial_candidates(0.0, 10)) == 5  # while fetching: all of them
     node.mark_checked(0, N, ALL)
     assert [e.addr for e in node.dial_candidates(0.0, 10)] == [D]
 
 
 def test_backoff_entry_becomes_due(node):
-    e = node.add_peer(A, "conf")
+    e = node.add_peer(A, Source.CONF)
     e.failed(now=50.0)
     assert node.dial_candidates(50.0, 10) == []
     assert node.dial_candidates(50.0 + BACKOFF_FIRST_S, 10) == [e]
 
 
 def test_dial_candidates_order_by_failures_then_due_time(node):
-    a, b, c, d = (node.add_peer(x, "conf") for x in (A, B, C, D))
+    a, b, c, d = (node.add_peer(x, Source.CONF) for x in (A, B, C, D))
     a.fails, a.next_try = 2, 1.0
     b.fails, b.next_try = 0, 5.0
     c.fails, c.next_try = 1, 2.0
@@ -268,9 +263,9 @@ def test_dial_candidates_order_by_failures_then_due_time(node):
 def test_addresses_known_to_be_alive_are_dialled_before_conf_ones(node):
     """A conf address may be a host that is not up yet; one a peer exchanged, one heard by
     discovery, or one handshaken with before is dialled first (among equal failures)."""
-    conf = [node.add_peer((f"10.0.0.{i}", 6881), "conf") for i in range(1, 21)]
-    pex = node.add_peer(A, "pex")
-    heard = node.add_peer(conf[7].addr, "discovery")  # a conf address heard since
+    conf = [node.add_peer((f"10.0.0.{i}", 6881), Source.CONF) for i in range(1, 21)]
+    pex = node.add_peer(A, Source.PEX)
+    heard = node.add_peer(conf[7].addr, Source.DISCOVERY)  # a conf address heard since
     conf[3].verified = True
     for _ in range(20):
         first3 = set(node.dial_candidates(0.0, 3))
@@ -283,7 +278,7 @@ def test_equal_candidates_come_in_random_order(node):
     """60 nodes with the same Peers list must not all dial its first 8 addresses."""
     addrs = [(f"10.0.0.{i}", 6881) for i in range(1, 61)]
     for a in addrs:
-        node.add_peer(a, "conf")
+        node.add_peer(a, Source.CONF)
     firsts = {node.dial_candidates(0.0, 8)[0].addr for _ in range(50)}
     assert len(firsts) > 10
     picked = node.dial_candidates(0.0, 8)
@@ -292,7 +287,7 @@ def test_equal_candidates_come_in_random_order(node):
 
 
 def test_backoff_grows_and_is_capped():
-    e = PeerEntry(A, "conf")
+    e = PeerEntry(A, Source.CONF)
     waits = []
     for _ in range(8):
         e.failed(now=1000.0)
@@ -308,7 +303,7 @@ def test_backoff_grows_and_is_capped():
 def test_backoff_cap_holds_after_very_many_failures():
     """A dead address in Peers fails every BACKOFF_MAX_S for as long as the node runs (it never
     exits): ~1025 failures is about 70 minutes, and the backoff must still be computed."""
-    e = PeerEntry(A, "conf")
+    e = PeerEntry(A, Source.CONF)
     for _ in range(2000):
         e.failed(now=0.0)
     assert e.next_try == BACKOFF_MAX_S
@@ -316,7 +311,7 @@ def test_backoff_cap_holds_after_very_many_failures():
 
 def test_retry_now_forgets_backoff(node):
     """Heard from (e.g. its first beacon after it started late): dial now, keep what we know."""
-    e = node.add_peer(A, "conf")
+    e = node.add_peer(A, Source.CONF)
     for _ in range(3):
         e.failed(now=10.0)
     e.complete = True
@@ -329,7 +324,7 @@ def test_retry_now_forgets_backoff(node):
 
 
 def test_retry_now_after_a_restart_also_forgets_completeness(node):
-    e = node.add_peer(A, "conf")
+    e = node.add_peer(A, Source.CONF)
     e.complete = True
     node.events.clear()
     node.retry_now(e, restarted=True)
@@ -339,7 +334,7 @@ def test_retry_now_after_a_restart_also_forgets_completeness(node):
 
 
 def test_mark_verified_notifies_once_and_lists_verified_addresses(node):
-    a, b, c = (node.add_peer(x, "conf") for x in (A, B, C))
+    a, b, c = (node.add_peer(x, Source.CONF) for x in (A, B, C))
     c.is_self = True
     node.events.clear()
     node.mark_verified(a)

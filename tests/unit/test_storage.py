@@ -168,7 +168,7 @@ def test_write_stores_only_the_good_pieces(opened):
     data, info = make_info()
     st, path = opened(None, info)
     chunk = piece(data, info, 1) + corrupt(piece(data, info, 2)) + piece(data, info, 3)
-    assert st.write(1, chunk) == bits(1, 3)
+    assert st.write_async(1, chunk).get() == bits(1, 3)
     on_disk = path.read_bytes()
     assert on_disk[PIECE:2 * PIECE] == piece(data, info, 1)
     assert on_disk[2 * PIECE:3 * PIECE] == bytes(PIECE)  # the bad piece's region is unchanged
@@ -182,7 +182,7 @@ def test_write_of_all_bad_data_changes_nothing(opened):
     data, info = make_info()
     before = b"\x5a" * SIZE
     st, path = opened(before, info)
-    assert st.write(0, bytes(SIZE)) == 0
+    assert st.write_async(0, bytes(SIZE)).get() == 0
     assert path.read_bytes() == before
 
 
@@ -190,7 +190,7 @@ def test_write_short_last_piece(opened):
     data, info = make_info()
     st, path = opened(None, info)
     last = info.n_pieces - 1
-    assert st.write(last, piece(data, info, last)) == bits(last)
+    assert st.write_async(last, piece(data, info, last)).get() == bits(last)
     assert path.read_bytes()[info.piece_offset(last):] == piece(data, info, last)
     assert path.stat().st_size == SIZE
 
@@ -198,7 +198,7 @@ def test_write_short_last_piece(opened):
 def test_write_accepts_a_memoryview(opened):
     data, info = make_info()
     st, path = opened(None, info)
-    assert st.write(0, memoryview(data)[:2 * PIECE]) == bits(0, 1)
+    assert st.write_async(0, memoryview(data)[:2 * PIECE]).get() == bits(0, 1)
     assert path.read_bytes()[:2 * PIECE] == data[:2 * PIECE]
 
 
@@ -208,7 +208,7 @@ def test_skip_pieces_are_not_rewritten(opened):
     content = bytearray(SIZE)
     content[PIECE:2 * PIECE] = marker  # what we "already hold" for piece 1 (say, written meanwhile)
     st, path = opened(bytes(content), info)
-    assert st.write(0, data[:4 * PIECE], skip=bits(1)) == bits(0, 2, 3)
+    assert st.write_async(0, data[:4 * PIECE], skip=bits(1)).get() == bits(0, 2, 3)
     on_disk = path.read_bytes()
     assert on_disk[PIECE:2 * PIECE] == marker
     assert on_disk[:PIECE] == data[:PIECE]
@@ -221,7 +221,7 @@ def test_whole_file_by_writes_then_reopen_scans_complete(opened, tmp_path):
     order = list(range(info.n_pieces))
     random.Random(1).shuffle(order)
     for i in order:
-        assert st.write(i, piece(data, info, i)) == bits(i)
+        assert st.write_async(i, piece(data, info, i)).get() == bits(i)
     st.close()
     assert path.read_bytes() == data
     st2, _ = opened(None, info)
@@ -241,7 +241,7 @@ def test_file_is_never_replaced(tmp_path, content):
     st = Storage(str(path), info)
     st.open()
     ino = os.stat(path).st_ino
-    st.write(0, data)
+    st.write_async(0, data).get()
     st.sync()
     assert os.stat(path).st_ino == ino
     st.close()
@@ -257,7 +257,7 @@ def test_hard_link_sees_the_writes(tmp_path):
     os.link(path, alias)
     st = Storage(str(path), info)
     st.open()
-    st.write(0, data)
+    st.write_async(0, data).get()
     st.close()
     assert alias.read_bytes() == data
 
@@ -334,7 +334,7 @@ def test_written_pieces_past_the_old_end_are_read_back_by_a_later_scan(tmp_path)
     st = Storage(str(tmp_path / "data.bin"), info)
     st.open()
     try:
-        assert st.write(1, data[4096:8192]) == bits(1)
+        assert st.write_async(1, data[4096:8192]).get() == bits(1)
         got = []
         st.scan(lambda first, count, good: got.append(good))
         assert got == [bits(1)]
@@ -389,13 +389,13 @@ def test_small_writes_are_flushed_once_at_the_end_big_ones_as_they_go(opened, mo
     monkeypatch.setattr(storage, "FSYNC_MIN_BYTES", 3 * PIECE)
     data, info = make_info()
     st, _ = opened(None, info)
-    st.write(0, piece(data, info, 0) + piece(data, info, 1))  # 2 pieces: under the threshold
+    st.write_async(0, piece(data, info, 0) + piece(data, info, 1)).get()  # 2 pieces: under the threshold
     gevent.sleep(0.1)
     assert fsyncs == []
-    st.write(2, piece(data, info, 2) + piece(data, info, 3))  # 4 pieces since the last flush
+    st.write_async(2, piece(data, info, 2) + piece(data, info, 3)).get()  # 4 pieces since the last flush
     gevent.sleep(0.1)
     assert len(fsyncs) == 1
-    st.write(4, piece(data, info, 4))
+    st.write_async(4, piece(data, info, 4)).get()
     gevent.sleep(0.1)
     assert len(fsyncs) == 1  # 1 piece since: waits
     st.sync()  # completion
@@ -412,11 +412,11 @@ def test_big_files_start_their_writeback_as_pieces_are_written(opened, monkeypat
     monkeypatch.setattr(storage, "FSYNC_MIN_BYTES", 2 * PIECE)
     data, info = make_info()  # 1000 bytes: "big" for this test
     st, _ = opened(None, info)
-    st.write(1, piece(data, info, 1) + corrupt(piece(data, info, 2)) + piece(data, info, 3))
+    st.write_async(1, piece(data, info, 1) + corrupt(piece(data, info, 2)) + piece(data, info, 3)).get()
     assert calls == [(PIECE, PIECE), (3 * PIECE, PIECE)]  # the good runs only
     monkeypatch.setattr(storage, "FSYNC_MIN_BYTES", SIZE + 1)
     small, _ = opened(None, info, name="small.bin")
-    small.write(4, piece(data, info, 4))
+    small.write_async(4, piece(data, info, 4)).get()
     assert len(calls) == 2
 
 

@@ -14,6 +14,7 @@ import gevent
 import pytest
 from gevent.server import StreamServer
 
+from node.session import Session
 from node import status, wire
 from node.config import parse_file_info
 
@@ -175,14 +176,14 @@ class LyingPeer:
         self.server.start()
 
     def _handle(self, sock, _):
-        sock.sendall(wire.encode(wire.Hello(os.urandom(8), self.server.server_port, self.info.meta_id)))
-        n = self.info.n_pieces
-        sock.sendall(wire.encode(wire.Bitfield(((1 << n) - 1).to_bytes((n + 7) // 8, "little"))))
-        dec = wire.Decoder()
+        ses = Session(wire.Hello(os.urandom(8), self.server.server_port, self.info.meta_id), self.info)
+        sock.sendall(ses.greeting)
+        sock.sendall(b"".join(ses.announce(self.info.n_pieces and (1 << self.info.n_pieces) - 1, True)))
         try:
             while data := sock.recv(65536):
-                for msg in dec.feed(data):
+                for msg in ses.feed(data):
                     if isinstance(msg, wire.Request):
+                        ses.answered()
                         self.requests += 1
                         offset, nbytes = self.info.span(msg.first, msg.count)
                         body = os.urandom(nbytes)
@@ -316,9 +317,10 @@ def test_metadata_learned_after_the_handshake_still_spreads_on_the_same_link(swa
     node2 = swarm.start(2, t.conf([swarm.ip(1)], file_info=False))
     node1 = swarm.start(1, t.conf([swarm.ip(2)], file_info=False))
     assert swarm.wait(lambda: node1.state.conns and node2.state.conns, 3)
-    node1.learn_meta(parse_file_info(t.conf()["FileInfo"]), source="test")
+    (link,) = node2.state.conns.values()
+    node1.learn_meta(parse_file_info(t.conf()["FileInfo"]), "test")
     assert swarm.wait(lambda: node2.state.info is not None, 1.5)
-    assert node2.meta_source == swarm.ip(1)
+    assert list(node2.state.conns.values()) == [link]  # the same link carried it
 
 
 def test_start_up_skips_plugin_lookups_and_unused_patches():

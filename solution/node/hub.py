@@ -1,0 +1,173 @@
+"""What a link may ask of the rest of the node: the seam between one connection and the node.
+
+Rule: a link (conn.py) reaches the node only through its Hub: the pieces we hold, claiming and
+releasing pieces to fetch, chunk buffers, verify-and-write, sending from the file, learning
+peers and the metadata, and the replies every peer gets alike. Never through Node, NodeState or
+Storage directly; so a test drives a link against a fake hub, and the hub is the one place
+where a link's doings change the node's state.
+"""
+
+import ujson
+
+from . import picker, status, wire
+from .state import Source
+
+REQUEST_BYTES_MIN = 1 << 20  # a REQUEST asks for a run of pieces this big at least...
+REQUEST_BYTES_MAX = 4 << 20  # ...and at most; in between, what is left shared among the links
+PIPELINE_REQUESTS = 3  # requests kept outstanding per peer, so the link never idles
+
+
+class Hub:
+    def __init__(self, state, swarm, port, on_meta):
+        self.state = state
+        self.swarm = swarm
+        self.port = port
+        self._on_meta = on_meta  # on_meta(info, peer): the node takes the file's metadata
+        self.storage = None  # once the file is known
+        self.sources = set()  # peers that sent us at least one good piece
+        self._meta_frame = None
+
+    def use_storage(self, storage):
+        self.storage = storage
+        info = storage.info
+        self._meta_frame = wire.encode(wire.Meta(info.size, info.piece_size, info.hashes))
+
+    # -- what we are and hold -----------------------------------------------------------------
+    def hello(self):
+        info = self.state.info
+        return wire.Hello(self.state.node_id, self.port, info.meta_id if info else wire.NO_META)
+
+    @property
+    def info(self):
+        return self.state.info
+
+    @property
+    def chunk_pieces(self):
+        return self.storage.chunk_pieces if self.storage else 1
+
+    @property
+    def have(self):
+        return self.state.have
+
+    @property
+    def complete(self):
+        return self.state.complete
+
+    def both_complete(self, session):
+        s = self.state
+        return s.complete and session.peer_has & s.full == s.full
+
+    def wants_from(self, session):
+        """Does the peer hold something we lack (with the file unknown: does it know it)?"""
+        s = self.state
+        return bool(s.missing & session.peer_has) if s.info else session.knows_file
+
+    def useful(self, session):
+        """Is there anything left to exchange on this link, either way?"""
+        if session.mine or session.serving:
+            return True
+        return self.wants_from(session) or bool(self.state.info and self.state.have & ~session.peer_has)
+
+    def lacks(self, bits):
+        return bool(self.state.missing & bits)
+
+    def can_serve(self, first, count):
+        return self.state.info is not None and self.state.has_all(first, count)
+
+    # -- links --------------------------------------------------------------------------------
+    def admit(self, conn):
+        return self.swarm.admit(conn)
+
+    def leave(self, conn):
+        self.swarm.leave(conn)
+
+    def ban(self, conn):
+        self.swarm.ban(conn)
+
+    # -- fetching -----------------------------------------------------------------------------
+    def pick(self, session):
+        """The next run of pieces to request from this peer, claimed; or None."""
+        s = self.state
+        got = picker.pick(s.missing, s.requested, session.peer_has, self.swarm.availability(), s.rng,
+                          max(1, self._request_bytes() // s.info.piece_size), mine=session.mine_bits,
+                          have_any=s.have_count > 0, twice=s.requested_twice)
+        if got is not None:
+            s.mark_requested(picker.span_bits(*got))
+            s.count("requests_sent")
+        return got
+
+    def _request_bytes(self):
+        """Few peers and much left (1 GiB from one seeder): big runs, as per-frame costs dominate.
+        Many peers or little left: small ones, so the work spreads over every peer that has it."""
+        s = self.state
+        left = (s.missing & ~s.requested).bit_count() * s.info.piece_size
+        share = left // (PIPELINE_REQUESTS * max(1, len(s.conns)))
+        return min(REQUEST_BYTES_MAX, max(REQUEST_BYTES_MIN, share))
+
+    def release(self, bits):
+        """Claimed pieces that will not come from this link (rejected, timed out, link gone)."""
+        if bits:
+            self.state.release(bits & ~self.state.have)
+
+    def take_buffer(self, cancel):
+        return self.storage.take_buffer(cancel)
+
+    def give_buffer(self, buf):
+        self.storage.give_buffer(buf)
+
+    @property
+    def data_path(self):
+        return self.storage.path
+
+    def write(self, first, data):
+        """Verify and write pieces first.. (a pool job; .get() gives the good bitset)."""
+        return self.storage.write_async(first, data, skip=self.state.have)
+
+    def account(self, peer, first, count, good, nbytes):
+        """A chunk from `peer` was verified: `good` pieces are held now. Returns the pieces it
+        brought that are new to us, and those that failed their hash."""
+        s = self.state
+        span = picker.span_bits(first, count)
+        new = good & ~s.have
+        bad = span & ~good & ~s.have
+        s.count("bytes_in", nbytes)
+        s.count("pieces_in", new.bit_count())
+        s.count("dup_pieces", (span & s.have).bit_count())
+        s.mark_have(good)
+        if bad:
+            s.count("pieces_bad", bad.bit_count())
+            s.release(bad)
+        if new:
+            self.sources.add(peer)
+        return new, bad
+
+    # -- serving ------------------------------------------------------------------------------
+    def sendfile(self, sock, first, count):
+        """PIECES first..: header, then the bytes straight from the file."""
+        nbytes = self.state.info.span(first, count)[1]
+        sock.sendall(wire.pieces_header(first, count, nbytes))
+        self.storage.sendfile(sock, first, count)
+        self.state.count("bytes_out", nbytes)
+
+    def meta_frame(self):
+        """META, encoded once per file; None while we do not know it either."""
+        return self._meta_frame
+
+    def status_frame(self):
+        return wire.encode(wire.Status(ujson.dumps(status.snapshot(self.state)).encode()))
+
+    # -- learning -----------------------------------------------------------------------------
+    @property
+    def peers_version(self):
+        return self.state.verified_version
+
+    def peer_addrs(self):
+        return self.state.verified_addrs()
+
+    def learn_peers(self, addrs):
+        for addr in addrs:
+            self.state.add_peer(addr, Source.PEX)
+
+    def learn_meta(self, info, peer):
+        if self.state.info is None:
+            self._on_meta(info, peer)
