@@ -44,6 +44,7 @@ PIPE_PIECE = 256 << 10
 PIPE_RUNS = 3  # per pipeline variant; the median is used
 QUIET_LOAD = 1.5  # loadavg(1 min) below which the machine counts as quiet
 IMPLS = ("ours", "libtorrent")
+BASELINE = None  # --baseline DIR: impl "baseline" is our node from DIR (another checkout's solution/)
 
 
 NODE_LOG_LEVEL = "info"  # our node's log level (--node-log-level debug to diagnose a slow run)
@@ -52,11 +53,11 @@ PROFILE_DIR = None  # --profile DIR: our nodes run under cProfile (profile_node.
 
 def node_cmd(impl, py, data, conf, ip):
     """(argv, cwd) of one node on one host."""
-    if impl == "ours":
+    if impl in ("ours", "baseline"):
         run = [py, os.path.join(HERE, "profile_node.py")] if PROFILE_DIR else [py, "-m", "node"]
         return run + ["--data", data, "--conf", conf, "--state", data + ".state.json",
                 "--bind", ip, "--port", str(PORT), "--discovery", "off",
-                "--log-level", NODE_LOG_LEVEL], SOLUTION
+                "--log-level", NODE_LOG_LEVEL], SOLUTION if impl == "ours" else BASELINE
     return [py, os.path.join(HERE, "lt_node.py"), "--data", data, "--conf", conf,
             "--bind", ip, "--port", str(PORT)], HERE
 
@@ -271,7 +272,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list, e.g. S1,S5")
     p.add_argument("--runs", type=int, default=3, help="timed runs per scenario and implementation")
-    p.add_argument("--impl", default=",".join(IMPLS), help="ours,libtorrent")
+    p.add_argument("--impl", default=",".join(IMPLS), help="ours,libtorrent (and baseline, with --baseline)")
+    p.add_argument("--baseline", metavar="DIR", help="impl 'baseline': our node from DIR (e.g. a worktree's "
+                   "solution/), for before/after comparisons in one run")
     p.add_argument("--no-pipeline", action="store_true", help="skip the ideal-pipeline runs")
     p.add_argument("--out", help="where bench.md/bench.png go (default: docs/ for a full run, "
                                  "else bench/out/)")
@@ -288,7 +291,7 @@ def parse_args(argv):
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s} (have {', '.join(SCENARIOS)})")
     for s in a.impl:
-        if s not in IMPLS:
+        if s not in IMPLS and not (s == "baseline" and a.baseline):
             p.error(f"unknown implementation {s} (have {', '.join(IMPLS)})")
     full = set(a.scenarios) == set(SCENARIOS) and set(a.impl) == set(IMPLS) and not a.no_pipeline
     a.out = a.out or os.path.join(ROOT, "docs" if full else "bench/out")
@@ -313,9 +316,10 @@ def _interrupted(signum, frame):
 
 
 def main(argv=None):
-    global NODE_LOG_LEVEL, PROFILE_DIR
+    global NODE_LOG_LEVEL, PROFILE_DIR, BASELINE
     a = parse_args(argv)
     NODE_LOG_LEVEL = a.node_log_level
+    BASELINE = os.path.abspath(a.baseline) if a.baseline else None
     if a.profile:
         PROFILE_DIR = os.path.abspath(a.profile)
         os.makedirs(PROFILE_DIR, exist_ok=True)
@@ -325,6 +329,8 @@ def main(argv=None):
     # As the image does at build time: otherwise, with PYTHONDONTWRITEBYTECODE set, each of 60
     # node processes compiles the package from source again (~40 ms of CPU each).
     compileall.compile_dir(os.path.join(SOLUTION, "node"), quiet=1)
+    if BASELINE:
+        compileall.compile_dir(os.path.join(BASELINE, "node"), quiet=1)
     if a.wait_quiet:
         wait_quiet(a.wait_quiet)
     py = sys.executable  # the bench venv's python runs the bench, our nodes and lt_node alike

@@ -10,17 +10,11 @@ import time
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 _threshold = LEVELS["info"]
-_prefix = ""  # set per node in multi-node test processes, e.g. "node=127.0.0.3 "
 
 
-def configure(level="info", prefix=""):
-    global _threshold, _prefix
+def configure(level="info"):
+    global _threshold
     _threshold = LEVELS[level]
-    _prefix = prefix
-
-
-def enabled(level):
-    return LEVELS[level] >= _threshold
 
 
 def _value(v):
@@ -36,7 +30,7 @@ def _value(v):
 def format_line(level, event, fields, now=None):
     now = time.time() if now is None else now
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
-    parts = [f"ts={ts} level={level} {_prefix}event={event}"]
+    parts = [f"ts={ts} level={level} event={event}"]
     parts.extend(f"{k}={_value(v)}" for k, v in fields.items())
     return " ".join(parts)
 

@@ -28,32 +28,20 @@ _os_lock = monkey.get_original("_thread", "allocate_lock")
 SCAN_BATCH_BYTES = 1 << 20  # verify the existing file in 1 MiB steps, publishing pieces as they pass
 SCAN_THREADS = 2  # batches checked at once: hashing runs on both cores
 FSYNC_INTERVAL_S = 1.0  # while fetching, flush written pieces at most once a second...
-FSYNC_MIN_BYTES = 32 << 20  # ...and only once this much was written since: a small file is
-#                            flushed once, at completion. A flush mid-transfer overlaps the disk's
-#                            work with a big transfer, but for small files it only adds a second
-#                            writeback (S3, 60 x 4 MiB, 6 runs side by side: 1.19-1.34 s against
-#                            1.21-1.56; S1 unchanged)
+FSYNC_MIN_BYTES = 32 << 20  # ...and only after this much more: a small file is flushed once, at the end
 SEND_STALL_S = 10.0  # a peer that reads nothing for this long is gone
-CHUNK_BYTES = 256 << 10  # received pieces are verified and written in chunks of whole pieces, this
-CHUNK_BYTES_MAX = 4 << 20  # big, or up to this for big files: 1/256 of the file. Per-chunk costs
-#                            (a pool job, a pwrite, a wake-up) dominate a big transfer between few
-#                            nodes (S1, 1 GiB: 256 KiB chunks 4.1-4.6 s, 1 MiB 3.8-4.0, 4 MiB
-#                            3.0-3.3); a small file spread over many nodes wants small ones
-#                            (pieces announced sooner, fewer fresh pages)
+CHUNK_BYTES = 256 << 10  # received pieces are hashed and written in chunks of at least this...
+CHUNK_BYTES_MAX = 4 << 20  # ...up to this (1/256 of the file): per-chunk costs dominate big files
 LOAD_SAMPLE_S = 0.25  # how often write_async looks at how busy the machine is
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-CHUNKS_IN_FLIGHT = 8  # per node: received, not yet hashed and written. Receiving runs ahead of the
-#                       pool; unbounded, 60 starved nodes each filled a fresh buffer per chunk of the
-#                       file, and zeroing new memory was 13% of all CPU in S3
+CHUNKS_IN_FLIGHT = 8  # per node, received and not yet written: bounds memory (fresh pages are dear)
 
 
 class _WriteBehind:
     """Starts the disk on pieces as soon as they are written (Linux sync_file_range with
     SYNC_FILE_RANGE_WRITE: queue the writeback, do not wait), so the fsync at completion finds
-    little left. Without it a fast transfer ends with its whole last second still to flush (S1,
-    1 GiB, 6 runs each side by side: median 2.97 s against 3.39). It claims no durability: fsync
-    still does that. Where the call is missing it does nothing. Loaded on first use, so a node
-    that only seeds never imports ctypes."""
+    little left. It claims no durability: fsync still does that. Where the call is missing it
+    does nothing. Loaded on first use, so a node that only seeds never imports ctypes."""
 
     SYNC_FILE_RANGE_WRITE = 2
 
@@ -162,16 +150,11 @@ class Storage:
         self._spare = []
         self._slots = Semaphore(CHUNKS_IN_FLIGHT)
         self._busy, self._busy_until = False, 0.0
-        # Its own small pool: more threads than cores only take turns, and several pwrites to
-        # one file at once spin on its inode lock (measured in S1: 8 jobs in flight in gevent's
-        # 10-thread pool took 60% more time, twice the system time). Two hash at 3.8 GB/s.
+        # Its own small pool: more threads only take turns, and pwrites to one file contend on its inode.
         self._pool = ThreadPool(min(CPUS, 2))
-        # fsync waits on the disk, so it gets a thread of its own: in the pool it held one of the
-        # two hashing threads for the whole flush (S1, 1 GiB, 9 runs each, side by side: median
-        # 3.05 s against 3.22 with fsync in the pool; the runs spread over 2.6-3.5 s).
+        # fsync waits on the disk: on its own thread, it never holds a hashing thread.
         self._flusher = ThreadPool(1)
-        # A small file is flushed once, at completion: there writing behind only adds calls (and
-        # ctypes to 60 processes: S3 measured no faster with it).
+        # A small file is flushed once, at completion: writing behind would only add calls.
         self._write_behind = write_behind if info.size >= FSYNC_MIN_BYTES else None
 
     # -- receive buffers: few and reused, since fresh memory costs a page fault per 4 KiB ---------
@@ -206,15 +189,13 @@ class Storage:
 
     def scan(self, on_batch):
         """Verify every piece already on disk, in batches, in order; on_batch(first, count, good).
-        The batches are read into chunk buffers, which receiving reuses afterwards: a fresh 8 MiB
-        bytes object per batch cost S4's 16 nodes 256 MiB of page faults. On a busy machine each
-        batch is checked at once, as in write_async (S4, 16 nodes each checking 16 MiB, side by
-        side: 0.44-0.46 s against 0.53-0.58 in the pool)."""
+        The batches are read into chunk buffers, which receiving reuses afterwards (fresh memory
+        is dear); on a busy machine each batch is checked at once, as in write_async."""
         info = self.info
         chunks = max(1, SCAN_BATCH_BYTES // self._chunk_bytes)
         per_batch = chunks * self.chunk_pieces
         # Pieces from `tail` on lie wholly past the old end: ftruncate made them, zeros but for
-        # pieces written since. Nothing to read there (an empty 1 GiB file took 1 s of pool jobs).
+        # pieces written since: nothing to read there.
         tail = min(info.n_pieces, -(-self.size_before // info.piece_size))
         pending = collections.deque()
         for first in range(0, tail, per_batch):
@@ -260,10 +241,9 @@ class Storage:
     def write_async(self, first, data, skip=0):
         """Verify pieces first.. in `data` and pwrite the good ones, in the thread pool; `.get()`
         on the result waits for the good bitset. Pieces in `skip` (already held) are neither hashed
-        nor written. Several may run at once (both cores hash and fill the page cache). On a machine busier
-        than its cores, though, a pool thread finds no free core: it only adds thread switches and
-        wake-ups, so the work is done at once, here (measured: S2 2.8 -> 2.3 s, S3 2.3 -> 1.9 s,
-        S4 0.90 -> 0.71 s, with 16 to 60 node processes on 2 cores)."""
+        nor written. Several may run at once (both cores hash and fill the page cache); on a
+        machine busier than its cores a pool thread finds no free core, so the work is done at
+        once, here."""
         return self._submit(self._verify_and_write, first, data, skip)
 
     def _submit(self, fn, *args):

@@ -5,10 +5,14 @@ new instance id is visible in what we decode."""
 import os
 import struct
 
+from types import SimpleNamespace
+
 import pytest
 
 from node import beacon
 from node.beacon import ANNOUNCE, PROBE, REPLY, Beacon, BeaconError
+from node.discovery import Discovery
+from node.state import NodeState
 
 INSTANCE = b"\x10\x20\x30\x40\x50\x60\x70\x80"
 
@@ -32,12 +36,20 @@ def test_our_own_packet_decodes_from_bytearray_and_memoryview():
     assert beacon.decode(memoryview(packet)).port == 6881
 
 
-def test_changed_instance_id_is_visible():
-    before = beacon.decode(beacon.encode(ANNOUNCE, INSTANCE, 6881))
-    restarted = os.urandom(8)
-    after = beacon.decode(beacon.encode(ANNOUNCE, restarted, 6881))
-    assert after.instance == restarted != before.instance
-    assert after != before
+def test_a_restarted_peer_is_redialled_at_once_and_not_trusted_complete():
+    """A new instance id at a known address: its backoff is forgotten (dial it now), and what
+    we knew of its pieces is not (it may have lost its file)."""
+    st = NodeState(b"ours-id!")
+    disc = Discovery(SimpleNamespace(config=SimpleNamespace(port=6881, bind="127.0.0.5"), state=st))
+    disc._heard("127.0.0.9", beacon.Beacon(ANNOUNCE, INSTANCE, 6881))
+    entry = st.peers[("127.0.0.9", 6881)]
+    entry.link_down(None, now=100.0, benign=True, productive=True, complete=True)
+    entry.failed(now=100.0)
+    disc._heard("127.0.0.9", beacon.Beacon(ANNOUNCE, INSTANCE, 6881))  # same instance: nothing new
+    assert entry.fails == 1 and entry.complete
+    disc._heard("127.0.0.9", beacon.Beacon(ANNOUNCE, os.urandom(8), 6881))
+    assert (entry.fails, entry.next_try, entry.complete) == (0, 0.0, False)
+    assert st.dial_candidates(now=0.0, limit=8) == [entry]
 
 
 def _packet(magic=b"P2PB", version=1, kind=ANNOUNCE, instance=INSTANCE, port=6881):

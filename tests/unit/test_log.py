@@ -11,9 +11,9 @@ from node import log
 
 @pytest.fixture(autouse=True)
 def reset_log():
-    log.configure("info", "")
+    log.configure("info")
     yield
-    log.configure("info", "")
+    log.configure("info")
 
 
 def test_format_line_shape():
@@ -90,17 +90,9 @@ def test_levels_filter(capsys, level, shown):
     log.configure(level)
     for name in ("debug", "info", "warning", "error"):
         getattr(log, name)("ev_" + name)
-        assert log.enabled(name) == (name in shown)
     lines = _lines(capsys)
     assert [line.split(" ")[1] for line in lines] == ["level=" + s for s in shown]
     assert [line.split(" ")[2] for line in lines] == ["event=ev_" + s for s in shown]
-
-
-def test_prefix_names_the_node(capsys):
-    log.configure("info", prefix="node=127.0.0.3 ")
-    log.info("complete", result="verified")
-    (line,) = _lines(capsys)
-    assert " level=info node=127.0.0.3 event=complete result=verified" in line
 
 
 def test_unknown_level_is_refused():

@@ -20,3 +20,11 @@ def test_documented_limits_match_the_code():
     assert f'magic "{beacon.MAGIC.decode()}"' in text
     assert f"({beacon.SIZE} bytes)" in text
     assert wire.MAX_PAYLOAD[wire.BITFIELD] == 512 << 10 and "512 KiB" in text
+
+
+def test_the_legality_table_is_the_sessions():
+    from node.session import RULES
+    text = open(DOC).read()
+    rows = re.findall(r"^\| ([A-Z_]+) \| (handshake|open|closed) \| (.+?) \|$", text, re.M)
+    assert {name: (phase, cond) for name, phase, cond in rows} == {
+        wire.NAMES[kind].upper(): (phase.value, cond or "–") for kind, (phase, cond) in RULES.items()}

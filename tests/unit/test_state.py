@@ -6,7 +6,6 @@ import hashlib
 
 import pytest
 
-from node import state
 from node.config import FileInfo
 from node.state import BACKOFF_FIRST_S, BACKOFF_MAX_S, Change, NodeState, PeerEntry, Source
 
@@ -342,7 +341,3 @@ def test_mark_verified_notifies_once_and_lists_verified_addresses(node):
     node.mark_verified(c)
     assert node.events == ["peers", "peers"]
     assert node.verified_addrs() == [A]
-
-
-def test_constants_are_sane():
-    assert 0 < state.BACKOFF_FIRST_S <= state.BACKOFF_MAX_S

@@ -272,11 +272,6 @@ def test_close_twice_is_safe(tmp_path):
     assert st.fd is None
 
 
-def test_close_without_open_is_safe(tmp_path):
-    _, info = make_info()
-    Storage(str(tmp_path / "data.bin"), info).close()
-
-
 def test_close_releases_the_descriptor(tmp_path):
     _, info = make_info()
     st = Storage(str(tmp_path / "data.bin"), info)
