@@ -24,12 +24,12 @@ from .config import FileInfo
 from .hub import PIPELINE_REQUESTS
 from .picker import span_bits
 from .session import NEED_BUFFER, NEED_DATA, Chunk, Closed, Reason, Session
-from .storage import SEND_STALL_S
 
 HANDSHAKE_TIMEOUT_S = 5.0  # a peer that connects and says nothing frees its slot this fast
 USELESS_CLOSE_S = 3.0  # a link with nothing to exchange this long is closed (sockets are scarce)
 IDLE_TIMEOUT_S = 20.0  # no frame at all from the peer this long, nothing pending: it is gone
 MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
+SEND_STALL_S = 10.0  # a peer that takes none of what we send for this long is gone
 CLEANUP_WAIT_S = 1.0  # the writer and verifier get this long to end with the link
 
 _KICK = object()  # in the writer's queue: announce, share peers, top up requests
@@ -241,7 +241,7 @@ class Conn:
 
     def _serve(self, first, count):
         self.session.answered()
-        self.hub.sendfile(self.sock, first, count)
+        self.hub.sendfile(self.sock, first, count, SEND_STALL_S)
         self.last_useful = time.monotonic()
         self.productive = True
 

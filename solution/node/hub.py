@@ -142,11 +142,11 @@ class Hub:
         return new, bad
 
     # -- serving ------------------------------------------------------------------------------
-    def sendfile(self, sock, first, count):
+    def sendfile(self, sock, first, count, stall_s):
         """PIECES first..: header, then the bytes straight from the file."""
         nbytes = self.state.info.span(first, count)[1]
         sock.sendall(wire.pieces_header(first, count, nbytes))
-        self.storage.sendfile(sock, first, count)
+        self.storage.sendfile(sock, first, count, stall_s)
         self.state.count("bytes_out", nbytes)
 
     def meta_frame(self):

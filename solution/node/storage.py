@@ -29,7 +29,6 @@ SCAN_BATCH_BYTES = 1 << 20  # verify the existing file in 1 MiB steps, publishin
 SCAN_THREADS = 2  # batches checked at once: hashing runs on both cores
 FSYNC_INTERVAL_S = 1.0  # while fetching, flush written pieces at most once a second...
 FSYNC_MIN_BYTES = 32 << 20  # ...and only after this much more: a small file is flushed once, at the end
-SEND_STALL_S = 10.0  # a peer that reads nothing for this long is gone
 CHUNK_BYTES = 256 << 10  # received pieces are hashed and written in chunks of at least this...
 CHUNK_BYTES_MAX = 4 << 20  # ...up to this (1/256 of the file): per-chunk costs dominate big files
 LOAD_SAMPLE_S = 0.25  # how often write_async looks at how busy the machine is
@@ -274,15 +273,16 @@ class Storage:
                 self.written |= good
         return good
 
-    def sendfile(self, sock, first, count):
-        """Send the bytes of pieces first.. straight from the page cache (zero-copy)."""
+    def sendfile(self, sock, first, count, stall_s):
+        """Send the bytes of pieces first.. straight from the page cache (zero-copy); a socket
+        that takes nothing for stall_s seconds raises TimeoutError."""
         offset, n = self.info.span(first, count)
         out = sock.fileno()
         while n:
             try:
                 sent = os.sendfile(out, self.fd, offset, n)
             except BlockingIOError:
-                wait_write(out, timeout=SEND_STALL_S, timeout_exc=TimeoutError("peer stopped reading"))
+                wait_write(out, timeout=stall_s, timeout_exc=TimeoutError("peer stopped reading"))
                 continue
             if sent == 0:
                 raise EOFError("data file shorter than expected")
