@@ -13,13 +13,14 @@ PIECE      ?= 256K
 VENV_PY    := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help venv base-image image test test-unit test-swarm test-swarm-full compose-files \
+.PHONY: help venv base-image image test test-unit fuzz test-swarm test-swarm-full compose-files \
         compose-test swarm-clean local-swarm swarm-down logs status clean bench
 
 help:
 	@echo "make local-swarm N=10   build the image and sync a file across N containers"
 	@echo "make test               unit tests, then the container scenarios"
 	@echo "make test-unit          host-only tests (no Docker)"
+	@echo "make fuzz               the receive-path fuzzers with 10^5 inputs each (CI runs it)"
 	@echo "make test-swarm         container scenarios (Docker)"
 	@echo "make compose-test       the seeder/leecher docker-compose.yml round trip"
 	@echo "make swarm-down         stop the local swarm"
@@ -43,6 +44,9 @@ test: test-unit test-swarm
 
 test-unit: venv
 	$(VENV_PY) -m pytest -q tests/unit
+
+fuzz: venv                           # the fuzzers of tests/unit, 10^5 inputs each instead of 400
+	HYPOTHESIS_PROFILE=deep $(VENV_PY) -m pytest -q -p no:cacheprovider tests/unit/test_fuzz.py -k "reads or random_bytes"
 
 test-swarm: venv image
 	IMAGE=$(IMAGE) $(VENV_PY) -m pytest -q -s tests/swarm
