@@ -20,6 +20,7 @@ from gevent.event import Event
 from gevent.queue import Queue
 
 from . import log, wire
+from .budget import STATUS_COST, Budget
 from .config import FileInfo
 from .hub import PIPELINE_REQUESTS
 from .picker import span_bits
@@ -51,6 +52,9 @@ class Conn:
         self.productive = False  # a piece moved either way: the peer works
         self.last_useful = now
         self.sending_since = None  # while the writer is in a send
+        self.budget = Budget(now)  # what this peer may cost us
+        self._drained = Event()  # the writer set it: replies fell below half the budget
+        self._throttled = set()  # why we slowed this peer ("replies", "work"): logged once each
         self._queue = Queue()  # the writer's: frames, (first, count) to serve, _KICK
         self._kicked = False
         self._verify_q = Queue()  # (chunk, pool job) in arrival order; bounded by chunk buffers
@@ -77,7 +81,9 @@ class Conn:
             self._writer = gevent.spawn(self._write_loop)
             self.kick()
             while True:
-                self._on_event(self._next_event())
+                ev = self._next_event()
+                self._within_budget(ev)
+                self._on_event(ev)
         except wire.WireError as e:
             self.close(Reason.PROTOCOL, str(e))
         except Closed as e:
@@ -130,6 +136,7 @@ class Conn:
                 if not n:
                     raise EOFError("peer closed the connection")
                 s.received(n, time.monotonic())
+                gevent.sleep(0)  # a peer that always has bytes for us must not keep the others waiting
             elif ev is NEED_BUFFER:
                 buf = self.hub.take_buffer(self.ending)  # waits while the node has enough in flight
                 if buf is None:
@@ -139,12 +146,45 @@ class Conn:
             else:
                 return ev
 
+    def _within_budget(self, ev):
+        """Wait, reading nothing more from this peer, while what it cost us is over its budget."""
+        while self.budget.replies_full:
+            self._slowed("replies")
+            self._drained.clear()
+            gevent.wait([self._drained, self.ending], count=1)
+            if self.reason is not None:
+                raise Closed(self.reason, self.detail)
+        pause = self.budget.spend(self._work(ev), time.monotonic())
+        if pause:
+            self._slowed("work")
+            if self.ending.wait(pause):
+                raise Closed(self.reason, self.detail)
+
+    def _work(self, ev):
+        """Bytes of work acting on ev costs: bitset operations span the whole file's bitset."""
+        t = type(ev)
+        if t in (wire.Have, wire.Request, wire.Reject):
+            return 64 + (self.session.full.bit_length() >> 3)
+        if t is wire.Bitfield:
+            return 2 * len(ev.bits)
+        if t is wire.Peers:
+            return 64 * len(ev.addrs)
+        if t is wire.StatusRequest:
+            return STATUS_COST
+        return 64
+
+    def _slowed(self, why):
+        if why not in self._throttled:
+            self._throttled.add(why)
+            log.warning("peer_throttled", peer=self.name, why=why, result="reading_slower")
+
     def _on_event(self, ev):
         t, hub, s = type(ev), self.hub, self.session
         if t is Chunk:
             self._on_chunk(ev)
         elif t is wire.Request:
             if hub.can_serve(ev.first, ev.count):
+                self.budget.queued(0)
                 self._queue.put((ev.first, ev.count))
             else:
                 self.send(s.reject(ev.first, ev.count))
@@ -157,7 +197,10 @@ class Conn:
             hub.release(span_bits(ev.first, ev.count))
             self.kick()
         elif t is wire.Peers:
-            hub.learn_peers(ev.addrs)
+            take = self.budget.pex_allowed(len(ev.addrs), time.monotonic())
+            if take < len(ev.addrs):
+                self._slowed("peer exchange")
+            hub.learn_peers(ev.addrs[:take])
         elif t is wire.GetMeta:
             frame = hub.meta_frame()
             if frame is not None:
@@ -213,6 +256,7 @@ class Conn:
 
     # -- writing ------------------------------------------------------------------------------
     def send(self, frame):
+        self.budget.queued(len(frame))
         self._queue.put(frame)
 
     def kick(self):
@@ -231,13 +275,20 @@ class Conn:
                     self._send_updates()
                 elif type(job) is tuple:
                     self._serve(*job)
+                    self._sent(0)
                 else:
                     self.sock.sendall(job)
+                    self._sent(len(job))
                 self.sending_since = None
         except Closed as e:
             self.close(e.reason, e.detail)
         except (OSError, EOFError, TimeoutError) as e:
             self.close(Reason.LOST, f"send failed: {e}")
+
+    def _sent(self, nbytes):
+        self.budget.sent(nbytes)
+        if self.budget.replies_low:
+            self._drained.set()
 
     def _serve(self, first, count):
         self.session.answered()
