@@ -13,7 +13,7 @@ signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 def main(argv):
     if argv[:1] == ["status"]:
         from .status import cli  # stdlib sockets, no gevent: a health check must start fast
-        return cli(argv[1:])
+        return cli(argv[1:], os.environ)
     _patch_all()  # before anything else imports socket, threading or time
     from .config import ConfigError, load
     try:

@@ -70,6 +70,13 @@ class Config:
     discovery: bool
     peers: tuple  # (host, port) pairs from the conf
     file_info: object  # FileInfo or None
+    tls_cert: object = None  # paths, all three or none: mutual TLS with the swarm's CA
+    tls_key: object = None
+    tls_ca: object = None
+
+    @property
+    def tls(self):
+        return self.tls_cert is not None
 
 
 def _type_name(v):
@@ -173,7 +180,30 @@ def _arg_parser(env):
     p.add_argument("--bind", default=env.get("NODE_BIND", "0.0.0.0"), help="IPv4 to listen on (NODE_BIND)")
     p.add_argument("--log-level", default=env.get("NODE_LOG_LEVEL", "info"), help="debug|info|warning|error")
     p.add_argument("--discovery", default=env.get("NODE_DISCOVERY", "on"), help="on|off: UDP self-discovery")
+    add_tls_flags(p, env)
     return p
+
+
+def add_tls_flags(p, env):
+    p.add_argument("--tls-cert", default=env.get("NODE_TLS_CERT"), help="this node's certificate (NODE_TLS_CERT)")
+    p.add_argument("--tls-key", default=env.get("NODE_TLS_KEY"), help="its private key (NODE_TLS_KEY)")
+    p.add_argument("--tls-ca", default=env.get("NODE_TLS_CA"), help="the swarm's CA certificate (NODE_TLS_CA)")
+
+
+def parse_tls_flags(ns):
+    """(cert, key, ca): all three paths, or all None (open mode)."""
+    given = {"tls-cert": ns.tls_cert, "tls-key": ns.tls_key, "tls-ca": ns.tls_ca}
+    if not any(given.values()):
+        return None, None, None
+    for flag, path in given.items():
+        if not path:
+            raise ConfigError(flag, "mutual TLS needs --tls-cert, --tls-key and --tls-ca together")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise ConfigError(flag, f"cannot read {path} ({e.strerror})") from None
+    return ns.tls_cert, ns.tls_key, ns.tls_ca
 
 
 def _parse_flags(ns):
@@ -200,6 +230,7 @@ def load(argv, env):
     except OSError as e:
         raise ConfigError("conf", f"cannot read {ns.conf} ({e.strerror})") from None
     peers, info = parse_torrent_conf(text, port)
+    cert, key, ca = parse_tls_flags(ns)
     return Config(data_path=ns.data, conf_path=ns.conf, state_path=ns.state or ns.data + ".state.json",
                   port=port, bind=ns.bind, log_level=ns.log_level, discovery=ns.discovery == "on",
-                  peers=peers, file_info=info)
+                  peers=peers, file_info=info, tls_cert=cert, tls_key=key, tls_ca=ca)

@@ -37,13 +37,14 @@ _KICK = object()  # in the writer's queue: announce, share peers, top up request
 
 
 class Conn:
-    def __init__(self, hub, sock, ip, outbound, entry=None, offer=False):
+    def __init__(self, hub, sock, ip, outbound, entry=None, offer=False, zero_copy=True):
         self.hub = hub
         self.sock = sock
         self.ip = ip
         self.outbound = outbound
         self.entry = entry  # PeerEntry of the peer's listening address, once known
         self.offer = offer  # dialled while we were complete: only to give
+        self.zero_copy = zero_copy  # sendfile; False through TLS (the kernel would skip encryption)
         now = time.monotonic()
         self.session = Session(hub.hello(), hub.info, hub.chunk_pieces, now)
         self.reason = None  # a Reason, once the link is ending
@@ -292,7 +293,7 @@ class Conn:
 
     def _serve(self, first, count):
         self.session.answered()
-        self.hub.sendfile(self.sock, first, count, SEND_STALL_S)
+        self.hub.sendfile(self.sock, first, count, SEND_STALL_S, self.zero_copy)
         self.last_useful = time.monotonic()
         self.productive = True
 

@@ -142,11 +142,15 @@ class Hub:
         return new, bad
 
     # -- serving ------------------------------------------------------------------------------
-    def sendfile(self, sock, first, count, stall_s):
-        """PIECES first..: header, then the bytes straight from the file."""
+    def sendfile(self, sock, first, count, stall_s, zero_copy=True):
+        """PIECES first..: header, then the bytes straight from the file (or read and sent, on a
+        socket the kernel cannot sendfile into: TLS)."""
         nbytes = self.state.info.span(first, count)[1]
         sock.sendall(wire.pieces_header(first, count, nbytes))
-        self.storage.sendfile(sock, first, count, stall_s)
+        if zero_copy:
+            self.storage.sendfile(sock, first, count, stall_s)
+        else:
+            self.storage.send_copy(sock, first, count)
         self.state.count("bytes_out", nbytes)
 
     def meta_frame(self):

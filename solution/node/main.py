@@ -6,6 +6,7 @@ only sets an Event; `run` does the shutdown (close -> join(timeout) -> kill) on 
 
 import os
 import signal
+import sys
 import time
 
 import gevent
@@ -28,7 +29,11 @@ class Node:
         self.config = config
         self.state = NodeState(os.urandom(8))
         self.storage = None
-        self.swarm = Swarm(self.state, config, self.crash)
+        gate = None
+        if config.tls:
+            from .tls import Gate  # loads the certificates: ConfigError if they cannot be used
+            gate = Gate(config)
+        self.swarm = Swarm(self.state, config, self.crash, gate)
         self.hub = Hub(self.state, self.swarm, config.port, self.learn_meta)
         self.discovery = None
         self.stopping = Event()
@@ -42,7 +47,8 @@ class Node:
         s.subscribe(self._on_change)
         self.swarm.start(self.hub)
         log.info("listening", version=__version__, addr=f"{cfg.bind}:{cfg.port}", data=cfg.data_path,
-                 conf=cfg.conf_path, node_id=s.node_id.hex(), discovery="on" if cfg.discovery else "off")
+                 conf=cfg.conf_path, node_id=s.node_id.hex(), discovery="on" if cfg.discovery else "off",
+                 tls="mutual" if cfg.tls else "off")
         for addr in cfg.peers:
             s.add_peer(addr, Source.CONF)
         for addr in saved_peers:
@@ -180,7 +186,11 @@ class Node:
 def run(config):
     """Run a node until SIGTERM/SIGINT; returns the process exit code."""
     log.configure(config.log_level)
-    node = Node(config)
+    try:
+        node = Node(config)
+    except ConfigError as e:
+        sys.stderr.write(f"config error: {e}\n")
+        return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, _on_signal, node, sig)
     try:

@@ -36,9 +36,10 @@ STOP_GRACE_S = 0.1  # at shutdown, links get this long to end cleanly before the
 
 
 class Swarm:
-    def __init__(self, state, config, crash):
+    def __init__(self, state, config, crash, gate=None):
         self.state = state
         self.config = config
+        self.gate = gate  # tls.Gate: links are TLS between members only; None: open
         self._crash = crash  # crash(greenlet): a loop of ours died of a bug
         self.hub = None
         self.in_pool = Pool(MAX_INBOUND + INBOUND_OVERFLOW)
@@ -93,7 +94,11 @@ class Swarm:
         self.inbound_by_ip[ip] = from_ip + 1
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            Conn(self.hub, sock, ip, outbound=False).run()
+            if self.gate is not None:
+                sock = self.gate.wrap(sock, server_side=True, ip=ip)
+                if sock is None:
+                    return
+            Conn(self.hub, sock, ip, outbound=False, zero_copy=self.gate is None).run()
         finally:
             left = self.inbound_by_ip.pop(ip) - 1
             if left:
@@ -160,7 +165,13 @@ class Swarm:
             log.debug("dial_failed", peer=entry.addr[0], why=str(e), fails=entry.fails, result="retry_later")
             return
         entry.dial_connected()
-        conn = Conn(self.hub, sock, entry.addr[0], outbound=True, entry=entry, offer=self.state.complete)
+        if self.gate is not None:
+            sock = self.gate.wrap(sock, server_side=False, ip=entry.addr[0])
+            if sock is None:
+                entry.failed(time.monotonic())
+                return
+        conn = Conn(self.hub, sock, entry.addr[0], outbound=True, entry=entry, offer=self.state.complete,
+                    zero_copy=self.gate is None)
         conn.run()
         if conn.session.peer_id is None and not entry.is_self:
             entry.failed(time.monotonic())  # no handshake: as good as a failed dial

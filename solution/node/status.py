@@ -13,7 +13,7 @@ import sys
 import time
 
 from . import wire
-from .config import DEFAULT_PORT, parse_address
+from .config import DEFAULT_PORT, ConfigError, add_tls_flags, parse_address, parse_tls_flags
 
 STATUS_TIMEOUT_S = 3.0
 
@@ -40,11 +40,15 @@ def snapshot(s):
     }
 
 
-def fetch(host, port, timeout=STATUS_TIMEOUT_S):
-    """Ask a running node for its status dict."""
+def fetch(host, port, timeout=STATUS_TIMEOUT_S, tls=None):
+    """Ask a running node for its status dict. tls: (cert, key, ca) paths for a closed swarm."""
     from .session import Closed, Session  # only the client needs it
     session = Session(wire.Hello(os.urandom(8), 0))
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        sock = raw
+        if tls is not None:
+            from .tls import context
+            sock = context(*tls, server_side=False).wrap_socket(raw)
         sock.sendall(session.greeting + session.ask_status())
         while True:
             data = sock.recv(65536)
@@ -59,20 +63,27 @@ def fetch(host, port, timeout=STATUS_TIMEOUT_S):
                     return json.loads(ev.body)
 
 
-def cli(argv):
-    """Print a node's status; exit 0 when it answered (the HEALTHCHECK's meaning of healthy)."""
-    as_json = "--json" in argv
-    args = [a for a in argv if a != "--json"]
-    if len(args) != 1:
-        sys.stderr.write("usage: python3 -m node status HOST[:PORT] [--json]\n")
-        return 2
-    host, port = parse_address(args[0], DEFAULT_PORT, "address")
+def cli(argv, env):
+    """Print a node's status; exit 0 when it answered (the HEALTHCHECK's meaning of healthy).
+    In a closed swarm it needs a member's certificate: the same --tls-* flags or NODE_TLS_* as a node."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python3 -m node status")
+    p.add_argument("address", help="HOST[:PORT]")
+    p.add_argument("--json", action="store_true")
+    add_tls_flags(p, env)
+    ns = p.parse_args(argv)
     try:
-        st = fetch(host, port)
-    except (OSError, wire.WireError, ValueError) as e:
+        host, port = parse_address(ns.address, DEFAULT_PORT, "address")
+        cert, key, ca = parse_tls_flags(ns)
+    except ConfigError as e:
+        sys.stderr.write(f"status: {e}\n")
+        return 2
+    try:
+        st = fetch(host, port, tls=(cert, key, ca) if cert else None)
+    except (OSError, wire.WireError, ValueError, ConfigError) as e:
         sys.stderr.write(f"status: {host}:{port}: {e}\n")
         return 1
-    if as_json:
+    if ns.json:
         sys.stdout.write(json.dumps(st, indent=2) + "\n")
     else:
         for k, v in st.items():

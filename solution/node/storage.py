@@ -31,6 +31,7 @@ FSYNC_INTERVAL_S = 1.0  # while fetching, flush written pieces at most once a se
 FSYNC_MIN_BYTES = 32 << 20  # ...and only after this much more: a small file is flushed once, at the end
 CHUNK_BYTES = 256 << 10  # received pieces are hashed and written in chunks of at least this...
 CHUNK_BYTES_MAX = 4 << 20  # ...up to this (1/256 of the file): per-chunk costs dominate big files
+COPY_BYTES = 256 << 10  # send_copy reads and sends this much at a time
 LOAD_SAMPLE_S = 0.25  # how often write_async looks at how busy the machine is
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 CHUNKS_IN_FLIGHT = 8  # per node, received and not yet written: bounds memory (fresh pages are dear)
@@ -147,6 +148,7 @@ class Storage:
         self.chunk_pieces = max(1, chunk // info.piece_size)
         self._chunk_bytes = self.chunk_pieces * info.piece_size
         self._spare = []
+        self._copy_spare = []  # send_copy's buffers, one per send in progress at most
         self._slots = Semaphore(CHUNKS_IN_FLIGHT)
         self._busy, self._busy_until = False, 0.0
         # Its own small pool: more threads only take turns, and pwrites to one file contend on its inode.
@@ -288,6 +290,23 @@ class Storage:
                 raise EOFError("data file shorter than expected")
             offset += sent
             n -= sent
+
+    def send_copy(self, sock, first, count):
+        """Send the bytes of pieces first.. by reading them into a reused buffer (for sockets that
+        cannot take sendfile, as TLS does its encryption in user space)."""
+        offset, n = self.info.span(first, count)
+        buf = self._copy_spare.pop() if self._copy_spare else bytearray(COPY_BYTES)
+        try:
+            view = memoryview(buf)
+            while n:
+                k = os.preadv(self.fd, [view[:min(n, COPY_BYTES)]], offset)
+                if k == 0:
+                    raise EOFError("data file shorter than expected")
+                sock.sendall(view[:k])
+                offset += k
+                n -= k
+        finally:
+            self._copy_spare.append(buf)
 
     def _sync_loop(self):
         while True:
