@@ -8,7 +8,8 @@ import pathlib
 NODE = pathlib.Path(__file__).resolve().parents[2] / "solution" / "node"
 # Attributes of other libraries' objects, set the way those libraries ask to be configured.
 LIBRARY_SETTINGS = {"fn.argtypes",  # ctypes: a foreign function's signature
-                    "events.notify_and_call_entry_points"}  # gevent: skip the plugin scan
+                    "events.notify_and_call_entry_points",  # gevent: skip the plugin scan
+                    "ctx.minimum_version", "ctx.check_hostname", "ctx.verify_mode"}  # ssl.SSLContext
 
 
 def _foreign(target):
