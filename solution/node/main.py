@@ -30,6 +30,7 @@ class Node:
         self.storage = None
         self.swarm = Swarm(self)
         self.discovery = None
+        self.http = None  # node.http.HttpEndpoint when --http-port is set
         self.sources = set()  # peers that sent us at least one good piece
         self.meta_source = None  # the peer we learned the file's metadata from, if any
         self.stopping = Event()
@@ -44,6 +45,9 @@ class Node:
         self.swarm.start()
         log.info("listening", version=__version__, addr=f"{cfg.bind}:{cfg.port}", data=cfg.data_path,
                  conf=cfg.conf_path, node_id=s.node_id.hex(), discovery="on" if cfg.discovery else "off")
+        if cfg.http_port:
+            from .http import HttpEndpoint  # prometheus_client and pywsgi: only when asked for
+            self.http = HttpEndpoint(self).start()
         for addr in cfg.peers:
             s.add_peer(addr, "conf")
         for addr in saved_peers:
@@ -186,6 +190,8 @@ class Node:
             g.kill(block=False)
         if self.discovery is not None:
             self.discovery.stop()
+        if self.http is not None:
+            self.http.stop()
         self.swarm.stop()
         self._save()
         if self.storage is not None:

@@ -150,6 +150,7 @@ class Swarm:
         return self._still
 
     def _dial(self, entry):
+        self.state.count("dials")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             if self.node.config.bind != "0.0.0.0":
@@ -235,6 +236,7 @@ class Swarm:
 
     def ban(self, conn):
         until = time.monotonic() + BAN_S
+        self.state.count("bans")
         self.banned[conn.peer_id] = self.banned[conn.ip] = until  # by address too: ids are cheap
         if conn.entry is not None:
             conn.entry.next_try = until

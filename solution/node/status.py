@@ -23,6 +23,8 @@ def snapshot(node):
     n = info.n_pieces if info else 0
     return {
         "node_id": s.node_id.hex(),
+        "listening": _listening(node),
+        "state": "complete" if s.complete else ("fetching" if info else "metadata"),
         "file_info": bool(info),
         "size": info.size if info else None,
         "pieces": n,
@@ -37,6 +39,12 @@ def snapshot(node):
         "peers_known": len(s.peers),
         **s.counters,
     }
+
+
+def _listening(node):
+    """The peer listener accepts connections (started, not yet closed at shutdown)."""
+    server = getattr(node.swarm, "server", None)
+    return bool(server is not None and server.started)
 
 
 def fetch(host, port, timeout=STATUS_TIMEOUT_S):
