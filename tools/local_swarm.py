@@ -192,12 +192,20 @@ def write_inputs(size, piece, seed):
 
 
 # -- display -------------------------------------------------------------------------------------
-def render(rows, caption=None):
-    """rows: name -> dict(have, pieces, bytes_in, bytes_out, peers, done) (done: seconds or None)."""
+# The last column of a table, and the legend under it. Both tables once said "done", in two
+# meanings; now each says which clock it reads.
+DONE_AT = ("done at", "done at: seconds from the first node's start to this node's last piece")
+TOOK = ("took", "took: seconds from this node's own start (or restart) to its last piece")
+
+
+def render(rows, caption=None, done=DONE_AT):
+    """rows: name -> dict(have, pieces, bytes_in, bytes_out, peers, done) (done: seconds or None);
+    done: (column header, legend) saying what the seconds count from."""
+    header, legend = done
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
-                  expand=False, caption=caption)
+                  expand=False, caption="\n".join(filter(None, [caption, legend])))
     widths = {"progress": 12, "pieces": 9}  # never squeezed: rich shrinks other columns first
-    for col in ("node", "progress", "pieces", "%", "MB/s", "in MB", "out MB", "peers", "done"):
+    for col in ("node", "progress", "pieces", "%", "MB/s", "in MB", "out MB", "peers", header):
         table.add_column(col, justify="left" if col in ("node", "progress") else "right",
                          min_width=widths.get(col), no_wrap=True)
     for name, r in sorted(rows.items(), key=lambda kv: (0 if "seeder" in kv[0] else 1, _replica_number(kv[0]))):
@@ -337,7 +345,7 @@ def cmd_status(args):
         console.print("no local swarm is running (`make local-swarm N=10`)")
         return 1
     with ThreadPoolExecutor(max_workers=16) as pool:
-        console.print(render(status_rows(gather(nodes, pool))))
+        console.print(render(status_rows(gather(nodes, pool)), done=TOOK))
     return 0
 
 

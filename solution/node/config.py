@@ -70,6 +70,7 @@ class Config:
     discovery: bool
     peers: tuple  # (host, port) pairs from the conf
     file_info: object  # FileInfo or None
+    http_port: int = 0  # /livez, /readyz, /metrics on this TCP port; 0: no HTTP at all
     tls_cert: object = None  # paths, all three or none: mutual TLS with the swarm's CA
     tls_key: object = None
     tls_ca: object = None
@@ -180,6 +181,8 @@ def _arg_parser(env):
     p.add_argument("--bind", default=env.get("NODE_BIND", "0.0.0.0"), help="IPv4 to listen on (NODE_BIND)")
     p.add_argument("--log-level", default=env.get("NODE_LOG_LEVEL", "info"), help="debug|info|warning|error")
     p.add_argument("--discovery", default=env.get("NODE_DISCOVERY", "on"), help="on|off: UDP self-discovery")
+    p.add_argument("--http-port", default=env.get("NODE_HTTP_PORT", ""),
+                   help="serve /livez /readyz /metrics on this TCP port (NODE_HTTP_PORT; default off)")
     add_tls_flags(p, env)
     return p
 
@@ -220,10 +223,22 @@ def _parse_flags(ns):
     return int(ns.port)
 
 
+def _parse_http_port(text, port):
+    """'' or 'off' -> 0 (no HTTP server); else a port that is not the peers' port."""
+    if text in ("", "off"):
+        return 0
+    if not _is_port(text):
+        raise ConfigError("http-port", f"expected 1..65535 or off, got {text!r}")
+    if int(text) == port:
+        raise ConfigError("http-port", f"must differ from the peer port {port}")
+    return int(text)
+
+
 def load(argv, env):
     """argv (without the program name) + environment + conf file -> Config."""
     ns = _arg_parser(env).parse_args(argv)
     port = _parse_flags(ns)
+    http_port = _parse_http_port(ns.http_port, port)
     try:
         with open(ns.conf, "rb") as f:
             text = f.read()
@@ -233,4 +248,4 @@ def load(argv, env):
     cert, key, ca = parse_tls_flags(ns)
     return Config(data_path=ns.data, conf_path=ns.conf, state_path=ns.state or ns.data + ".state.json",
                   port=port, bind=ns.bind, log_level=ns.log_level, discovery=ns.discovery == "on",
-                  peers=peers, file_info=info, tls_cert=cert, tls_key=key, tls_ca=ca)
+                  peers=peers, file_info=info, http_port=http_port, tls_cert=cert, tls_key=key, tls_ca=ca)

@@ -36,6 +36,7 @@ class Node:
         self.swarm = Swarm(self.state, config, self.crash, gate)
         self.hub = Hub(self.state, self.swarm, config.port, self.learn_meta)
         self.discovery = None
+        self.http = None  # node.http.HttpEndpoint when --http-port is set
         self.stopping = Event()
         self._persist_wanted = Event()
         self._loops = []
@@ -49,6 +50,9 @@ class Node:
         log.info("listening", version=__version__, addr=f"{cfg.bind}:{cfg.port}", data=cfg.data_path,
                  conf=cfg.conf_path, node_id=s.node_id.hex(), discovery="on" if cfg.discovery else "off",
                  tls="mutual" if cfg.tls else "off")
+        if cfg.http_port:
+            from .http import HttpEndpoint  # prometheus_client and pywsgi: only when asked for
+            self.http = HttpEndpoint(self).start()
         for addr in cfg.peers:
             s.add_peer(addr, Source.CONF)
         for addr in saved_peers:
@@ -176,6 +180,8 @@ class Node:
             g.kill(block=False)
         if self.discovery is not None:
             self.discovery.stop()
+        if self.http is not None:
+            self.http.stop()
         self.swarm.stop()
         self._save()
         if self.storage is not None:

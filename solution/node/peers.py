@@ -79,6 +79,11 @@ class Swarm:
             pool.kill(block=True, timeout=STOP_GRACE_S)  # handshakes and dials in progress
         log.info("connections_closed", count=len(conns), result="ok")
 
+    @property
+    def listening(self):
+        """The peer listener accepts connections (started, not yet closed at shutdown)."""
+        return self.server is not None and self.server.started
+
     def wake(self):
         self._wake.set()
 
@@ -151,6 +156,7 @@ class Swarm:
         return self._still
 
     def _dial(self, entry):
+        self.state.count("dials")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             if self.config.bind != "0.0.0.0":
@@ -231,6 +237,7 @@ class Swarm:
 
     def ban(self, conn):
         until = time.monotonic() + BAN_S
+        self.state.count("bans")
         self.banned[conn.session.peer_id] = self.banned[conn.ip] = until  # by address too: ids are cheap
         if conn.entry is not None:
             conn.entry.ban_until(until)

@@ -122,7 +122,7 @@ class NodeState:
         self.conns = {}  # peer node_id -> connection
         self.verified_version = 0  # bumped when an address joins verified_addrs()
         self.counters = dict(bytes_in=0, bytes_out=0, pieces_in=0, pieces_bad=0, dup_pieces=0,
-                             requests_sent=0)
+                             requests_sent=0, bans=0, dials=0)
         self.rates = {"in": 0.0, "out": 0.0}  # bytes/s over the last progress interval
         self.started = time.monotonic()
         self.completed_at = None

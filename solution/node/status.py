@@ -1,4 +1,4 @@
-"""A node's status: `snapshot(node) -> dict` (pure), and the `python3 -m node status` client.
+"""A node's status: `snapshot(state) -> dict` (pure), and the `python3 -m node status` client.
 
 Rule: snapshot only reads state; the client speaks the same wire protocol as peers (HELLO, then
 STATUS_REQ) through the same Session as a peer link, so status works on the node's one port with
@@ -18,12 +18,14 @@ from .config import DEFAULT_PORT, ConfigError, add_tls_flags, parse_address, par
 STATUS_TIMEOUT_S = 3.0
 
 
-def snapshot(s):
-    """The status of a node, from its NodeState."""
+def snapshot(s, listening=True):
+    """The status of a node, from its NodeState (and whether its peer listener accepts)."""
     info = s.info
     n = info.n_pieces if info else 0
     return {
         "node_id": s.node_id.hex(),
+        "listening": listening,
+        "state": "complete" if s.complete else ("fetching" if info else "metadata"),
         "file_info": bool(info),
         "size": info.size if info else None,
         "pieces": n,

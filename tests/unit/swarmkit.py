@@ -38,15 +38,15 @@ class LocalSwarm:
         path.write_text(json.dumps(conf))
         return str(path)
 
-    def start(self, i, conf, data=None, discovery=False, flags=()):
+    def start(self, i, conf, data=None, discovery=False, argv=()):
         """conf: dict for torrent.conf; data: bytes for the data file, or None for no file;
-        flags: more of the node's argv (e.g. --tls-cert ...)."""
+        argv: more flags, e.g. ("--http-port", "9100")."""
         if data is not None and not os.path.exists(self.data_path(i)):
             with open(self.data_path(i), "wb") as f:
                 f.write(data)
         argv = ["--data", self.data_path(i), "--conf", self.write_conf(i, conf), "--bind", self.ip(i),
                 "--port", str(self.port), "--discovery", "on" if discovery else "off",
-                "--log-level", "warning", *flags]
+                "--log-level", "warning", *argv]
         node = Node(config.load(argv, {}))
         node.start()
         self.nodes[i] = node

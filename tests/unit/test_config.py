@@ -238,6 +238,13 @@ def test_flags_override_environment(conf_file, tmp_path):
     assert (cfg.port, cfg.bind, cfg.log_level, cfg.discovery) == (7002, "127.0.0.6", "warning", True)
 
 
+def test_http_is_off_unless_asked_for(conf_file):
+    assert config.load(["--conf", conf_file], {}).http_port == 0
+    assert config.load(["--conf", conf_file], {"NODE_HTTP_PORT": "off"}).http_port == 0
+    assert config.load(["--conf", conf_file], {"NODE_HTTP_PORT": "9100"}).http_port == 9100
+    assert config.load(["--conf", conf_file, "--http-port", "9200"], {"NODE_HTTP_PORT": "9100"}).http_port == 9200
+
+
 def test_state_path_from_environment(conf_file):
     cfg = config.load(["--conf", conf_file], {"NODE_STATE": "/var/s.json"})
     assert cfg.state_path == "/var/s.json"
@@ -257,6 +264,9 @@ def test_state_path_from_environment(conf_file):
     (["--bind", "localhost"], "bind"),
     (["--bind", "::1"], "bind"),
     (["--bind", "10.0.0.256"], "bind"),
+    (["--http-port", "0"], "http-port"),
+    (["--http-port", "x"], "http-port"),
+    (["--http-port", "6881"], "http-port"),  # the peer port: both are TCP
 ])
 def test_bad_flag_names_the_field(conf_file, argv, field):
     with pytest.raises(ConfigError) as exc_info:

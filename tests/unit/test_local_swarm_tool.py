@@ -51,3 +51,22 @@ def test_watch_tracks_progress_and_completion_per_node():
                                        ("1000", 1000), ("1MiB", 1 << 20), ("1.5M", 3 << 19)])
 def test_sizes_read_like_an_operator_writes_them(text, want):
     assert local_swarm.parse_size(text) == want
+
+
+def _text(table):
+    from rich.console import Console
+    console = Console(record=True, width=120)
+    console.print(table)
+    return console.export_text()
+
+
+def test_the_two_tables_name_their_clock_differently():
+    """`make local-swarm`'s table counts from the first node's start, `make status` from each
+    node's own start: the same header for both misled a user."""
+    row = {"n-1": {"have": 4, "pieces": 4, "bytes_in": 0, "bytes_out": 0, "peers": 1, "rate": 0.0,
+                   "done": 2.5}}
+    run = _text(local_swarm.render(row, "caption"))
+    status = _text(local_swarm.render(row, done=local_swarm.TOOK))
+    assert "done at" in run and "first node's start" in run and "took" not in run
+    assert "took" in status and "own start" in status and "done at" not in status
+    assert "2.50s" in run and "2.50s" in status

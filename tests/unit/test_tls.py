@@ -46,16 +46,16 @@ def swarm(tmp_path):
 
 def test_members_sync_over_tls(swarm, torrent_factory, certs):
     t = torrent_factory(300_000, 4096, seed=21)
-    swarm.start(0, t.conf([]), data=t.data, flags=tls_flags(certs, "node-0"))
-    swarm.start(1, t.conf([swarm.ip(0)], file_info=False), flags=tls_flags(certs, "node-1"))
-    swarm.start(2, t.conf([swarm.ip(1)]), flags=tls_flags(certs, "member"))
+    swarm.start(0, t.conf([]), data=t.data, argv=tls_flags(certs, "node-0"))
+    swarm.start(1, t.conf([swarm.ip(0)], file_info=False), argv=tls_flags(certs, "node-1"))
+    swarm.start(2, t.conf([swarm.ip(1)]), argv=tls_flags(certs, "member"))
     assert swarm.wait_complete(timeout=10)
     assert swarm.file_bytes(1) == swarm.file_bytes(2) == t.data
 
 
 def test_an_outsider_without_a_certificate_learns_nothing(swarm, torrent_factory, certs, capsys):
     t = torrent_factory(50_000, 1000, seed=22)
-    member = swarm.start(0, t.conf([]), data=t.data, flags=tls_flags(certs, "node-0"))
+    member = swarm.start(0, t.conf([]), data=t.data, argv=tls_flags(certs, "node-0"))
     meta_id = parse_file_info(t.conf()["FileInfo"]).meta_id
     sock = socket.socket()
     sock.bind(("127.0.0.51", 0))
@@ -81,9 +81,9 @@ def test_an_outsider_without_a_certificate_learns_nothing(swarm, torrent_factory
 
 def test_a_certificate_from_another_ca_is_refused_both_ways(swarm, torrent_factory, certs, other_ca):
     t = torrent_factory(50_000, 1000, seed=23)
-    member = swarm.start(0, t.conf([]), data=t.data, flags=tls_flags(certs, "node-0"))
-    stranger = swarm.start(1, t.conf([swarm.ip(0)], file_info=False), flags=tls_flags(other_ca, "node-0"))
-    swarm.start(2, t.conf([swarm.ip(1)]), data=t.data, flags=tls_flags(certs, "node-1"))  # dials the stranger
+    member = swarm.start(0, t.conf([]), data=t.data, argv=tls_flags(certs, "node-0"))
+    stranger = swarm.start(1, t.conf([swarm.ip(0)], file_info=False), argv=tls_flags(other_ca, "node-0"))
+    swarm.start(2, t.conf([swarm.ip(1)]), data=t.data, argv=tls_flags(certs, "node-1"))  # dials the stranger
     gevent.sleep(2.0)
     assert stranger.state.info is None and not stranger.state.conns
     assert all(c.ip != swarm.ip(1) for c in member.state.conns.values())
@@ -91,7 +91,7 @@ def test_a_certificate_from_another_ca_is_refused_both_ways(swarm, torrent_facto
 
 def test_status_needs_a_members_certificate(swarm, torrent_factory, certs, other_ca):
     t = torrent_factory(10_000, 1000, seed=24)
-    swarm.start(0, t.conf([]), data=t.data, flags=tls_flags(certs, "node-0"))
+    swarm.start(0, t.conf([]), data=t.data, argv=tls_flags(certs, "node-0"))
     assert swarm.wait_complete()
     pool = gevent.get_hub().threadpool
     member = tuple(str(certs / f) for f in ("member.pem", "member.key", "ca.pem"))
