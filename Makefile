@@ -13,6 +13,8 @@ PIECE      ?= 256K
 VENV_PY    := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
+
+.PHONY: certs
 .PHONY: help venv base-image image test test-unit fuzz test-swarm test-swarm-full compose-files \
         compose-test swarm-clean local-swarm swarm-down logs status clean bench
 
@@ -24,6 +26,7 @@ help:
 	@echo "make test-swarm         container scenarios (Docker)"
 	@echo "make compose-test       the seeder/leecher docker-compose.yml round trip"
 	@echo "make swarm-down         stop the local swarm"
+	@echo "make certs DIR=certs N=3  a CA and member certificates for a closed swarm (openssl)"
 
 $(VENV_STAMP): solution/requirements.txt tests/requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +63,9 @@ compose-files:
 compose-test: image
 	IMAGE=$(IMAGE) SIZE=$(SIZE) PIECE=$(PIECE) bash scripts/compose-test.sh
 
+certs:                               # a closed swarm's CA and certificates (scripts/certs.sh)
+	bash scripts/certs.sh $(or $(DIR),certs) $(or $(N),0)
+
 swarm-clean:                         # remove what a killed test run left behind
 	$(PYTHON) -m tests.swarm.run --cleanup-stale
 
@@ -68,7 +74,7 @@ clean:
 
 # -- the local swarm (tools/local_swarm.py; swarm/compose.yml) ---------------------------------
 local-swarm: venv image
-	$(VENV_PY) tools/local_swarm.py up --n $(N) --size $(SIZE) --piece $(PIECE) $(if $(CHART),--chart $(CHART))
+	$(VENV_PY) tools/local_swarm.py up --n $(N) --size $(SIZE) --piece $(PIECE) $(if $(CHART),--chart $(CHART)) $(if $(filter 1,$(TLS)),--tls)
 
 swarm-down: venv
 	$(VENV_PY) tools/local_swarm.py down

@@ -35,6 +35,7 @@ from rich.table import Table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPOSE_FILE = os.path.join(ROOT, "swarm", "compose.yml")
+COMPOSE_TLS_FILE = os.path.join(ROOT, "swarm", "compose.tls.yml")  # added with --tls: a closed swarm
 PROJECT = "p2pswarm"
 SWARM_DIR = os.path.join(ROOT, "tmp", "swarm")
 REFRESH_S = 0.25  # how often the live display redraws
@@ -63,9 +64,10 @@ def compose_cmd():
     sys.exit("local-swarm: neither `docker compose` nor `docker-compose` is installed")
 
 
-def compose(*args, check=True, **kw):
+def compose(*args, check=True, tls=False, **kw):
     env = dict(os.environ, SWARM_DIR=SWARM_DIR)
-    cmd = compose_cmd() + ["-p", PROJECT, "-f", COMPOSE_FILE, *args]
+    files = ["-f", COMPOSE_FILE] + (["-f", COMPOSE_TLS_FILE] if tls else [])
+    cmd = compose_cmd() + ["-p", PROJECT, *files, *args]
     return subprocess.run(cmd, check=check, env=env, **kw)
 
 
@@ -261,10 +263,13 @@ def cmd_up(args):
         sys.exit("local-swarm: N must be at least 2")
     expected = write_inputs(size, piece, args.seed)
     compose("down", "--remove-orphans", "-t", "2", capture_output=True, check=False)
+    if args.tls:  # a CA and the member certificate every node mounts (swarm/compose.tls.yml)
+        subprocess.run(["bash", os.path.join(ROOT, "scripts", "certs.sh"), os.path.join(SWARM_DIR, "certs")],
+                       check=True, capture_output=True)
     console.print(f"[bold]local swarm[/]: {args.n} nodes, {size / 1e6:.1f} MB file, "
-                  f"{piece} B pieces, sha1 {expected[:12]}…")
+                  f"{piece} B pieces, sha1 {expected[:12]}…{', mutual TLS' if args.tls else ''}")
     t_up = time.time()
-    compose("up", "-d", "--scale", f"node={args.n - 1}", capture_output=True)
+    compose("up", "-d", "--scale", f"node={args.n - 1}", capture_output=True, tls=args.tls)
     signal.signal(signal.SIGINT, lambda *_: _interrupted())
     watch = SwarmWatch()
     watch.start()
@@ -388,6 +393,7 @@ def main(argv):
     up.add_argument("--seed", type=int, default=int(time.time()))
     up.add_argument("--timeout", type=float, default=60.0)
     up.add_argument("--chart", help="also write a PNG of pieces held over time to this path")
+    up.add_argument("--tls", action="store_true", help="a closed swarm: mutual TLS with a fresh CA")
     sub.add_parser("status")
     logs = sub.add_parser("logs")
     logs.add_argument("--level", choices=("debug", "info", "warning", "error"))
