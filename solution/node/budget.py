@@ -1,5 +1,5 @@
 """What one peer may cost us: the replies we queue for it, the work its frames make us do, and the
-addresses it may teach us.
+addresses it may teach us; and what the node may upload in all (an optional rate limit).
 
 Rule: bookkeeping only (time comes in as an argument). conn.py asks before it acts on a frame and
 waits when a budget is spent: it stops reading from that peer, so a peer that floods us is slowed
@@ -56,3 +56,18 @@ class Budget:
         take = min(n, self._pex_left)
         self._pex_left -= take
         return take
+
+
+class UploadPace:
+    """The node's upload limit, shared by all links: each send books the next free slot of the
+    link's time at `rate` bytes/s, in order, so links share the rate and none waits twice."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self._free_at = 0.0
+
+    def delay(self, nbytes, now):
+        """Seconds to wait before sending nbytes (books the time they take)."""
+        start = max(now, self._free_at)
+        self._free_at = start + nbytes / self.rate
+        return start - now

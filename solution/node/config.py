@@ -71,6 +71,7 @@ class Config:
     peers: tuple  # (host, port) pairs from the conf
     file_info: object  # FileInfo or None
     http_port: int = 0  # /livez, /readyz, /metrics on this TCP port; 0: no HTTP at all
+    max_upload_rate: int = 0  # bytes/s of piece data sent, all peers together; 0: no limit
     tls_cert: object = None  # paths, all three or none: mutual TLS with the swarm's CA
     tls_key: object = None
     tls_ca: object = None
@@ -183,6 +184,8 @@ def _arg_parser(env):
     p.add_argument("--discovery", default=env.get("NODE_DISCOVERY", "on"), help="on|off: UDP self-discovery")
     p.add_argument("--http-port", default=env.get("NODE_HTTP_PORT", ""),
                    help="serve /livez /readyz /metrics on this TCP port (NODE_HTTP_PORT; default off)")
+    p.add_argument("--max-upload-rate", default=env.get("NODE_MAX_UPLOAD_RATE", "0"),
+                   help="bytes/s of piece data sent, all peers together, e.g. 20M (NODE_MAX_UPLOAD_RATE; 0: none)")
     add_tls_flags(p, env)
     return p
 
@@ -223,6 +226,25 @@ def _parse_flags(ns):
     return int(ns.port)
 
 
+RATE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_rate(text, field):
+    """'0', '' or 'off' -> 0 (no limit); '500K', '20M', '1G' (bytes/s, binary units), or bytes."""
+    t = text.strip().upper().removesuffix("/S").removesuffix("B").removesuffix("I")
+    if t in ("", "0", "OFF"):
+        return 0
+    unit = t[-1] if t[-1] in RATE_UNITS else ""
+    number = t[:-1] if unit else t
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(field, f"expected bytes per second like 500K, 20M or 1G, got {text!r}")
+    return max(1, int(value * RATE_UNITS[unit]))
+
+
 def _parse_http_port(text, port):
     """'' or 'off' -> 0 (no HTTP server); else a port that is not the peers' port."""
     if text in ("", "off"):
@@ -239,6 +261,7 @@ def load(argv, env):
     ns = _arg_parser(env).parse_args(argv)
     port = _parse_flags(ns)
     http_port = _parse_http_port(ns.http_port, port)
+    max_upload_rate = parse_rate(ns.max_upload_rate, "max-upload-rate")
     try:
         with open(ns.conf, "rb") as f:
             text = f.read()
@@ -248,4 +271,5 @@ def load(argv, env):
     cert, key, ca = parse_tls_flags(ns)
     return Config(data_path=ns.data, conf_path=ns.conf, state_path=ns.state or ns.data + ".state.json",
                   port=port, bind=ns.bind, log_level=ns.log_level, discovery=ns.discovery == "on",
-                  peers=peers, file_info=info, http_port=http_port, tls_cert=cert, tls_key=key, tls_ca=ca)
+                  peers=peers, file_info=info, http_port=http_port, max_upload_rate=max_upload_rate,
+                  tls_cert=cert, tls_key=key, tls_ca=ca)

@@ -7,18 +7,24 @@ Storage directly; so a test drives a link against a fake hub, and the hub is the
 where a link's doings change the node's state.
 """
 
+import time
+
+import gevent
 import ujson
 
 from . import picker, status, wire
+from .budget import UploadPace
 from .state import Source
 
 REQUEST_BYTES_MIN = 1 << 20  # a REQUEST asks for a run of pieces this big at least...
 REQUEST_BYTES_MAX = 4 << 20  # ...and at most; in between, what is left shared among the links
 PIPELINE_REQUESTS = 3  # requests kept outstanding per peer, so the link never idles
+PACE_SLICE_BYTES = 64 << 10  # with an upload limit, piece data goes out in slices this big
 
 
 class Hub:
-    def __init__(self, state, swarm, port, on_meta):
+    def __init__(self, state, swarm, port, on_meta, max_upload_rate=0):
+        self.pace = UploadPace(max_upload_rate) if max_upload_rate else None  # shared by all links
         self.state = state
         self.swarm = swarm
         self.port = port
@@ -144,13 +150,19 @@ class Hub:
     # -- serving ------------------------------------------------------------------------------
     def sendfile(self, sock, first, count, stall_s, zero_copy=True):
         """PIECES first..: header, then the bytes straight from the file (or read and sent, on a
-        socket the kernel cannot sendfile into: TLS)."""
-        nbytes = self.state.info.span(first, count)[1]
+        socket the kernel cannot sendfile into: TLS), paced to the node's upload limit if any."""
+        offset, nbytes = self.state.info.span(first, count)
         sock.sendall(wire.pieces_header(first, count, nbytes))
-        if zero_copy:
-            self.storage.sendfile(sock, first, count, stall_s)
-        else:
-            self.storage.send_copy(sock, first, count)
+        end = offset + nbytes
+        while offset < end:
+            n = end - offset if self.pace is None else min(end - offset, PACE_SLICE_BYTES)
+            if self.pace is not None:
+                gevent.sleep(self.pace.delay(n, time.monotonic()))
+            if zero_copy:
+                self.storage.sendfile(sock, offset, n, stall_s)
+            else:
+                self.storage.send_copy(sock, offset, n)
+            offset += n
         self.state.count("bytes_out", nbytes)
 
     def meta_frame(self):

@@ -34,7 +34,7 @@ class Node:
             from .tls import Gate  # loads the certificates: ConfigError if they cannot be used
             gate = Gate(config)
         self.swarm = Swarm(self.state, config, self.crash, gate)
-        self.hub = Hub(self.state, self.swarm, config.port, self.learn_meta)
+        self.hub = Hub(self.state, self.swarm, config.port, self.learn_meta, config.max_upload_rate)
         self.discovery = None
         self.http = None  # node.http.HttpEndpoint when --http-port is set
         self.stopping = Event()

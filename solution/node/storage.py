@@ -275,10 +275,9 @@ class Storage:
                 self.written |= good
         return good
 
-    def sendfile(self, sock, first, count, stall_s):
-        """Send the bytes of pieces first.. straight from the page cache (zero-copy); a socket
-        that takes nothing for stall_s seconds raises TimeoutError."""
-        offset, n = self.info.span(first, count)
+    def sendfile(self, sock, offset, n, stall_s):
+        """Send n bytes of the file from offset straight from the page cache (zero-copy); a
+        socket that takes nothing for stall_s seconds raises TimeoutError."""
         out = sock.fileno()
         while n:
             try:
@@ -291,10 +290,9 @@ class Storage:
             offset += sent
             n -= sent
 
-    def send_copy(self, sock, first, count):
-        """Send the bytes of pieces first.. by reading them into a reused buffer (for sockets that
-        cannot take sendfile, as TLS does its encryption in user space)."""
-        offset, n = self.info.span(first, count)
+    def send_copy(self, sock, offset, n):
+        """Send n bytes of the file from offset by reading them into a reused buffer (for sockets
+        that cannot take sendfile, as TLS does its encryption in user space)."""
         buf = self._copy_spare.pop() if self._copy_spare else bytearray(COPY_BYTES)
         try:
             view = memoryview(buf)
