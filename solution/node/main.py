@@ -30,6 +30,7 @@ class Node:
         self.storage = None
         self.swarm = Swarm(self)
         self.discovery = None
+        self.names = None  # names.Names when a peer is given by DNS name
         self.sources = set()  # peers that sent us at least one good piece
         self.meta_source = None  # the peer we learned the file's metadata from, if any
         self.stopping = Event()
@@ -59,6 +60,10 @@ class Node:
             from .discovery import Discovery
             self.discovery = Discovery(self)
             self.discovery.start()
+        if cfg.peer_names:
+            from .names import Names
+            self.names = Names(self)
+            self.names.start()
         self.swarm.wake()
 
     def _spawn(self, fn):
@@ -186,6 +191,8 @@ class Node:
             g.kill(block=False)
         if self.discovery is not None:
             self.discovery.stop()
+        if self.names is not None:
+            self.names.stop()
         self.swarm.stop()
         self._save()
         if self.storage is not None:
