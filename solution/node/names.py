@@ -21,8 +21,11 @@ from .discovery import local_networks
 RESOLVE_EVERY_S = 5.0  # a replica that starts later is in DNS once healthy: found within this
 RETRY_FIRST_S = 0.5  # after a failure or an empty answer: a swarm that starts fills DNS in seconds
 RETRY_MAX_S = RESOLVE_EVERY_S  # the retry backs off to the normal period, never beyond
-RESOLVE_TIMEOUT_S = 6.0  # glibc waits 5 s per server before its retry; a lookup stuck longer
-#                          is dropped and tried again, so one slow server never stops re-resolving
+RESOLVE_TIMEOUT_S = 2.0  # a cluster's DNS answers in milliseconds. A name it has no record for
+#                          (no task healthy yet) may get no answer at all: Docker's DNS on an
+#                          internal network forwards it to nobody, and glibc waits 5 s per try.
+#                          Waited longer, it would hold back the retries; the lookup runs on, and
+#                          the next refresh waits for that same lookup (one thread per name).
 DNS_SAMPLE = 32  # addresses of one name in the peer table at once: 4x the outbound links, and
 #                  the dialer shuffles them; a full table of 1000 tasks would cost a neighbour
 #                  (ARP) entry per dial to addresses peer exchange would have offered anyway
@@ -60,6 +63,7 @@ class Names:
         self.rng = rng or random.Random()
         self.own = own_addresses(node.config.bind)
         self.last = {}  # (name, port) -> what was last logged for it: a set of addresses or an error
+        self._pending = {}  # (name, port) -> lookup greenlet still running past its timeout
         self._loops = []
 
     def start(self):
@@ -71,7 +75,7 @@ class Names:
                  every_s=RESOLVE_EVERY_S, result="started")
 
     def stop(self):
-        for g in self._loops:
+        for g in self._loops + list(self._pending.values()):
             g.kill(block=False)
 
     def _loop(self, name, port):
@@ -86,16 +90,33 @@ class Names:
 
     def refresh(self, name, port):
         """Resolve NAME once and add what is new. True when it gave a peer that still works."""
-        try:
-            with gevent.Timeout(RESOLVE_TIMEOUT_S, OSError("timed out")):
-                answer = self.resolve(name, port)
-        except OSError as e:  # socket.gaierror included: NXDOMAIN, no server, timeout
-            self._report(name, port, why=str(e))
+        answer = self._lookup(name, port)
+        if isinstance(answer, OSError):  # socket.gaierror included: NXDOMAIN, no server, timeout
+            self._report(name, port, why=str(answer))
             return False
         answer = [ip for ip in answer if ip not in self.own]
         added = self._add(answer, port)
         self._report(name, port, answer=answer, added=len(added))
         return any(self._working(self.state.peers.get((ip, port))) for ip in answer)
+
+    def _lookup(self, name, port):
+        """The answer (a list of IPs) or the OSError, within RESOLVE_TIMEOUT_S. A lookup that takes
+        longer is left running, and the next call for the name waits for it rather than start
+        another: the thread resolver cannot cancel a lookup, and each one holds a thread."""
+        g = self._pending.pop((name, port), None)
+        if g is None:  # (a Greenlet that has finished is falsy: never `or` it)
+            g = gevent.spawn(self._resolve_or_error, name, port)
+        g.join(RESOLVE_TIMEOUT_S)
+        if not g.ready():
+            self._pending[(name, port)] = g
+            return OSError("timed out")
+        return g.value
+
+    def _resolve_or_error(self, name, port):
+        try:
+            return self.resolve(name, port)
+        except OSError as e:
+            return e
 
     def _add(self, answer, port):
         peers = self.state.peers
