@@ -13,10 +13,9 @@ PIECE      ?= 256K
 VENV_PY    := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-
-.PHONY: certs
 .PHONY: help venv base-image image test test-unit fuzz test-swarm test-swarm-full compose-files \
-        compose-test swarm-clean local-swarm swarm-down logs status clean bench
+        compose-test swarm-clean local-swarm swarm-down logs status clean bench certs \
+        stack-up stack-status stack-down test-stack
 
 help:
 	@echo "make local-swarm N=10   build the image and sync a file across N containers"
@@ -26,6 +25,8 @@ help:
 	@echo "make test-swarm         container scenarios (Docker)"
 	@echo "make compose-test       the seeder/leecher docker-compose.yml round trip"
 	@echo "make swarm-down         stop the local swarm"
+	@echo "make stack-up N=30      the same as a Docker Swarm mode stack, peers found by DNS"
+	@echo "make stack-down         remove the stack (and the swarm, if stack-up created it)"
 	@echo "make certs DIR=certs N=3  a CA and member certificates for a closed swarm (openssl)"
 
 $(VENV_STAMP): solution/requirements.txt tests/requirements-dev.txt
@@ -84,6 +85,21 @@ status: venv
 
 logs: venv
 	$(VENV_PY) tools/local_swarm.py logs $(if $(LEVEL),--level $(LEVEL)) $(if $(NODE),--node $(NODE))
+
+# -- Docker Swarm mode: deploy/stack.yml, peers by DNS (tools/stack.py; README "Across hosts") ----
+STACK ?= p2p
+
+stack-up: venv image
+	$(VENV_PY) tools/stack.py --stack $(STACK) up --n $(N) --size $(SIZE) --piece $(PIECE) --image $(IMAGE)
+
+stack-status: venv
+	$(VENV_PY) tools/stack.py --stack $(STACK) status
+
+stack-down: venv
+	$(VENV_PY) tools/stack.py --stack $(STACK) down
+
+test-stack: venv image                # also part of test-swarm; this runs it alone
+	IMAGE=$(IMAGE) $(VENV_PY) -m pytest -q -s -m stack tests/swarm
 
 # -- benchmark: our node vs libtorrent on an emulated LAN (bench/README.md; root, iproute2) ----------
 BENCH_VENV := bench/.venv

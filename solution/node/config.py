@@ -8,6 +8,7 @@ Result: a frozen `Config`, holding an optional frozen `FileInfo`.
 import argparse
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass
 
 import ujson
@@ -16,6 +17,10 @@ DEFAULT_PORT = 6881  # every node of a swarm listens on the same port (the SPEC'
 MAX_PIECES = 1 << 22  # bounds bitfield and metadata frames (512 KiB and 80 MiB)
 MAX_PIECE_BYTES = 64 << 20  # one piece must fit in one Pieces frame
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# A DNS host name (RFC 1123): dot-separated labels of letters, digits, '-' (and '_', which
+# orchestrators' service names may carry); at most 253 characters in all.
+HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+MAX_HOST_CHARS = 253
 
 
 class ConfigError(Exception):
@@ -68,8 +73,9 @@ class Config:
     bind: str
     log_level: str
     discovery: bool
-    peers: tuple  # (host, port) pairs from the conf
+    peers: tuple  # (ip, port) pairs from the conf
     file_info: object  # FileInfo or None
+    peer_names: tuple = ()  # (host name, port) pairs: conf entries that are names, and --peers-dns
     http_port: int = 0  # /livez, /readyz, /metrics on this TCP port; 0: no HTTP at all
     max_upload_rate: int = 0  # bytes/s of piece data sent, all peers together; 0: no limit
     tls_cert: object = None  # paths, all three or none: mutual TLS with the swarm's CA
@@ -137,13 +143,44 @@ def _is_port(text):
     return text.isascii() and text.isdigit() and 0 < int(text) < 65536
 
 
+def is_ip(text):
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_host_name(text):
+    """A syntactically valid DNS name; an all-digit last label is a mistyped IP, not a name."""
+    labels = text.rstrip(".").split(".")
+    return (0 < len(text) <= MAX_HOST_CHARS and all(HOST_LABEL.fullmatch(x) for x in labels)
+            and not labels[-1].isdigit())
+
+
+def split_names(addrs):
+    """(host, port) pairs -> (those whose host is an IP, those whose host is a DNS name)."""
+    return (tuple(a for a in addrs if is_ip(a[0])), tuple(a for a in addrs if not is_ip(a[0])))
+
+
+def parse_peers_dns(text, default_port):
+    """--peers-dns / NODE_PEERS_DNS: 'name[:port][,name[:port]...]' -> (name, port) pairs."""
+    out = []
+    for item in filter(None, (x.strip() for x in (text or "").split(","))):
+        host, port = parse_address(item, default_port, "peers-dns")
+        if not is_host_name(host):
+            raise ConfigError("peers-dns", f"expected a host name, got {item!r}")
+        out.append((host, port))
+    return tuple(out)
+
+
 def parse_address(text, default_port, field):
-    """'10.0.0.2' or '10.0.0.2:7000' or 'host[:port]' -> (host, port)."""
+    """'10.0.0.2' or '10.0.0.2:7000' or 'tasks.p2p[:port]' -> (host, port)."""
     host, sep, port = text.strip().rpartition(":")
     if not sep:
         host, port = text.strip(), str(default_port)
-    if not host or any(c.isspace() for c in host):
-        raise ConfigError(field, f"expected an IP address, got {text!r}")
+    if not (is_ip(host) or is_host_name(host)):
+        raise ConfigError(field, f"expected an IP address or host name, got {text!r}")
     if not _is_port(port):
         raise ConfigError(field, f"bad port in {text!r}")
     return host, int(port)
@@ -152,8 +189,9 @@ def parse_address(text, default_port, field):
 def parse_peers(obj, default_port):
     if obj is None:
         return ()
-    _need(obj, list, "Peers", "array of IP address strings or null")
-    return tuple(parse_address(_need(p, str, f"Peers[{i}]", "IP address string"), default_port, f"Peers[{i}]")
+    _need(obj, list, "Peers", "array of IP address or host name strings, or null")
+    return tuple(parse_address(_need(p, str, f"Peers[{i}]", "IP address or host name string"),
+                               default_port, f"Peers[{i}]")
                  for i, p in enumerate(obj))
 
 
@@ -187,6 +225,8 @@ def _arg_parser(env):
     p.add_argument("--max-upload-rate", default=env.get("NODE_MAX_UPLOAD_RATE", "0"),
                    help="bytes/s of piece data sent, all peers together, e.g. 20M (NODE_MAX_UPLOAD_RATE; 0: none)")
     add_tls_flags(p, env)
+    p.add_argument("--peers-dns", default=env.get("NODE_PEERS_DNS", ""),
+                   help="name[:port],...: every address a name resolves to is a peer (NODE_PEERS_DNS)")
     return p
 
 
@@ -269,7 +309,9 @@ def load(argv, env):
         raise ConfigError("conf", f"cannot read {ns.conf} ({e.strerror})") from None
     peers, info = parse_torrent_conf(text, port)
     cert, key, ca = parse_tls_flags(ns)
+    ips, names = split_names(peers)
+    names = tuple(dict.fromkeys(names + parse_peers_dns(ns.peers_dns, port)))
     return Config(data_path=ns.data, conf_path=ns.conf, state_path=ns.state or ns.data + ".state.json",
                   port=port, bind=ns.bind, log_level=ns.log_level, discovery=ns.discovery == "on",
-                  peers=peers, file_info=info, http_port=http_port, max_upload_rate=max_upload_rate,
-                  tls_cert=cert, tls_key=key, tls_ca=ca)
+                  peers=ips, file_info=info, peer_names=names, http_port=http_port,
+                  max_upload_rate=max_upload_rate, tls_cert=cert, tls_key=key, tls_ca=ca)

@@ -37,6 +37,7 @@ class Node:
         self.hub = Hub(self.state, self.swarm, config.port, self.learn_meta, config.max_upload_rate)
         self.discovery = None
         self.http = None  # node.http.HttpEndpoint when --http-port is set
+        self.names = None  # names.Names when a peer is given by DNS name
         self.stopping = Event()
         self._persist_wanted = Event()
         self._loops = []
@@ -68,6 +69,10 @@ class Node:
             from .discovery import Discovery
             self.discovery = Discovery(self)
             self.discovery.start()
+        if cfg.peer_names:
+            from .names import Names
+            self.names = Names(self)
+            self.names.start()
         self.swarm.wake()
 
     def _spawn(self, fn):
@@ -182,6 +187,8 @@ class Node:
             self.discovery.stop()
         if self.http is not None:
             self.http.stop()
+        if self.names is not None:
+            self.names.stop()
         self.swarm.stop()
         self._save()
         if self.storage is not None:

@@ -37,6 +37,7 @@ class Source(enum.Enum):
     PEX = "pex"  # a peer told us (PEERS)
     DISCOVERY = "discovery"  # we heard its beacon
     CLIENT = "client"  # a status client, not a peer
+    DNS = "dns"  # a name in Peers or --peers-dns resolved to it (maybe not running yet)
 
     @property
     def alive(self):
