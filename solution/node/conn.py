@@ -309,13 +309,10 @@ class Conn:
             own = self.entry.addr if self.entry else None
             out += s.share_peers([a for a in hub.peer_addrs() if a != own], hub.peers_version)
         done = s.info is not None and hub.both_complete(s)
-        if s.info is not None and not done:
+        if s.info is not None and not done and len(s.mine) < PIPELINE_REQUESTS:
             now = time.monotonic()
-            while len(s.mine) < PIPELINE_REQUESTS:
-                got = hub.pick(s)
-                if got is None:
-                    break
-                out.append(s.request(*got, now))
+            runs = hub.pick(s, PIPELINE_REQUESTS - len(s.mine))
+            out += [s.request(first, count, now) for first, count in runs]
         if out:
             self.sock.sendall(b"".join(out))
         if done:

@@ -91,15 +91,22 @@ class Hub:
         self.swarm.ban(conn)
 
     # -- fetching -----------------------------------------------------------------------------
-    def pick(self, session):
-        """The next run of pieces to request from this peer, claimed; or None."""
+    def pick(self, session, n):
+        """Up to n runs of pieces to request from this peer, claimed, as (first, count) pairs.
+        The run size and the swarm's availability are worked out once for all n."""
         s = self.state
-        got = picker.pick(s.missing, s.requested, session.peer_has, self.swarm.availability(), s.rng,
-                          max(1, self._request_bytes() // s.info.piece_size), mine=session.mine_bits,
-                          have_any=s.have_count > 0, twice=s.requested_twice)
-        if got is not None:
-            s.mark_requested(picker.span_bits(*got))
-            s.count("requests_sent")
+        swarm, max_count = self.swarm.availability(), max(1, self._request_bytes() // s.info.piece_size)
+        got, mine = [], session.mine_bits
+        while len(got) < n:
+            run = picker.pick(s.missing, s.requested, session.peer_has, swarm, s.rng, max_count, mine=mine,
+                              have_any=s.have_count > 0, twice=s.requested_twice)
+            if run is None:
+                break
+            span = picker.span_bits(*run)
+            s.mark_requested(span)
+            mine |= span
+            got.append(run)
+        s.count("requests_sent", len(got))
         return got
 
     def _request_bytes(self):

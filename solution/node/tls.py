@@ -27,11 +27,11 @@ def context(cert, key, ca, server_side, cls=ssl.SSLContext):
     ctx.verify_mode = ssl.CERT_REQUIRED
     try:
         ctx.load_verify_locations(ca)
-    except (OSError, ssl.SSLError) as e:
+    except OSError as e:  # ssl.SSLError is an OSError
         raise ConfigError("tls-ca", f"cannot use {ca}: {e}") from None
     try:
         ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as e:
+    except OSError as e:
         raise ConfigError("tls-cert", f"cannot use {cert} with key {key}: {e}") from None
     return ctx
 
