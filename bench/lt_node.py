@@ -7,8 +7,9 @@ It reads the same torrent.conf as our node, builds a v1 .torrent with libtorrent
 from the conf's piece hashes (same piece size, same SHA-1s: every host derives the same info-hash),
 and seeds or downloads DIR/data.bin. The data file is hash-checked first, like our node's scan.
 Prints logfmt lines the bench waits for, in the same shape as our node's:
-    event=listening  once the session listens (before the torrent is added: the check comes after)
-    event=complete   when the torrent reaches the seeding state
+    event=listening  once the session listens; then the process stops itself (SIGSTOP) until the
+                     bench's SIGCONT at T0, and only then adds the torrent (check, dials)
+    event=complete   at torrent_finished_alert: every piece downloaded and hash-checked
 Never exits by itself; SIGTERM stops it (exit 0), like our node.
 """
 
@@ -93,8 +94,10 @@ def main():
             sys.exit("lt_node: session did not listen")
         time.sleep(0.001)
     say("listening", addr=f"{a.bind}:{ses.listen_port()}", version=lt.__version__)
+    # The start gate: nothing but the listening socket exists yet (no torrent, no peer, no dial).
+    os.kill(os.getpid(), signal.SIGSTOP)
 
-    t_start = time.monotonic()  # after the bench's barrier (SIGCONT) in practice
+    t_start = time.monotonic()  # after the bench's SIGCONT (T0)
     atp = lt.add_torrent_params()
     atp.ti = build_torrent(conf["FileInfo"])
     atp.save_path = os.path.dirname(os.path.abspath(a.data))
@@ -105,7 +108,7 @@ def main():
             h.connect_peer((ip, a.port))
 
     done = False
-    seeding = (lt.torrent_status.seeding, lt.torrent_status.finished)
+    finished = (lt.torrent_status.seeding, lt.torrent_status.finished)
     next_progress = time.monotonic() + PROGRESS_S
     while not stop:
         # Alerts wake us at once; no status polling, which would cost CPU in 60 processes.
@@ -116,8 +119,8 @@ def main():
                 say("error", what=json.dumps(al.message()))
             elif isinstance(al, lt.torrent_finished_alert):
                 check = True
-            elif isinstance(al, lt.state_changed_alert) and al.state in seeding:
-                check = True
+            elif isinstance(al, lt.state_changed_alert) and al.state in finished:
+                check = True  # a seed after its check; libtorrent may post no finished alert
             elif isinstance(al, (lt.peer_connect_alert, lt.peer_disconnected_alert)):
                 say("peer", what=json.dumps(al.message()))
         now = time.monotonic()
@@ -128,7 +131,7 @@ def main():
                 rate_mbs=f"{st.download_payload_rate / 1e6:.1f}")
         if not done and check:
             st = h.status()
-            if st.is_seeding:
+            if st.is_finished:
                 done = True
                 say("complete", secs=f"{time.monotonic() - t_start:.3f}", pieces=st.num_pieces,
                     bytes_in=st.total_payload_download, peers=st.num_peers)
