@@ -3,12 +3,14 @@
 Rule: this module does no I/O beyond reading the conf file it is pointed at, and every problem
 raises `ConfigError(field, why)`, so the operator gets one line that names the field.
 Result: a frozen `Config`, holding an optional frozen `FileInfo`.
+
+Every node pays this module's import and run before it listens, so it stays cheap to load: plain
+__slots__ classes instead of dataclasses (each frozen dataclass is generated code, compiled at
+import), and argparse only for --help and for argv it cannot read by hand (argparse with its
+formatter pulls in shutil and gettext).
 """
 
-import argparse
 import hashlib
-import ipaddress
-from dataclasses import dataclass
 
 import ujson
 
@@ -27,11 +29,38 @@ class ConfigError(Exception):
         self.why = why
 
 
-@dataclass(frozen=True)
-class FileInfo:
-    size: int
-    piece_size: int
-    hashes: tuple  # SHA-1 digests, 20 bytes each, one per piece
+class _Frozen:
+    """Immutable value objects: equal when of one type with equal fields, hashable, readable."""
+
+    __slots__ = ()
+
+    def __init__(self, **fields):
+        for k in self.__slots__:
+            object.__setattr__(self, k, fields[k])
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is frozen")
+
+    __delattr__ = __setattr__
+
+    def _fields(self):
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other._fields() == self._fields()
+
+    def __hash__(self):
+        return hash(self._fields())
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in self.__slots__)})"
+
+
+class FileInfo(_Frozen):
+    __slots__ = ("size", "piece_size", "hashes")  # hashes: SHA-1 digests, 20 bytes each, per piece
+
+    def __init__(self, size, piece_size, hashes):
+        super().__init__(size=size, piece_size=piece_size, hashes=hashes)
 
     @property
     def n_pieces(self):
@@ -59,17 +88,10 @@ class FileInfo:
         return {"Size": self.size, "PartSize": self.piece_size, "Parts": [h.hex() for h in self.hashes]}
 
 
-@dataclass(frozen=True)
-class Config:
-    data_path: str
-    conf_path: str
-    state_path: str
-    port: int
-    bind: str
-    log_level: str
-    discovery: bool
-    peers: tuple  # (host, port) pairs from the conf
-    file_info: object  # FileInfo or None
+class Config(_Frozen):
+    __slots__ = ("data_path", "conf_path", "state_path", "port", "bind", "log_level", "discovery",
+                 "peers",  # (host, port) pairs from the conf
+                 "file_info")  # FileInfo or None
 
 
 def _type_name(v):
@@ -158,48 +180,82 @@ def parse_torrent_conf(text, default_port=DEFAULT_PORT, field_prefix=""):
     return parse_peers(obj.get("Peers"), default_port), parse_file_info(obj.get("FileInfo"))
 
 
-class _ArgParser(argparse.ArgumentParser):
-    def error(self, message):  # one line naming the problem, like every other config error
-        raise ConfigError("argv", message)
+# flag -> (environment variable, default, help); argv reads `--flag value` or `--flag=value`.
+FLAGS = {
+    "data": ("NODE_DATA", "/data.bin", "data file"),
+    "conf": ("NODE_CONF", "/torrent.conf", "torrent conf"),
+    "state": ("NODE_STATE", None, "where learned file info and peers persist (default DATA.state.json)"),
+    "port": ("NODE_PORT", str(DEFAULT_PORT), "TCP+UDP port"),
+    "bind": ("NODE_BIND", "0.0.0.0", "IPv4 to listen on"),
+    "log-level": ("NODE_LOG_LEVEL", "info", "debug|info|warning|error"),
+    "discovery": ("NODE_DISCOVERY", "on", "on|off: UDP self-discovery"),
+}
 
 
-def _arg_parser(env):
-    p = _ArgParser(prog="python3 -m node", description="Peer-to-peer file-sync node.")
-    p.add_argument("--data", default=env.get("NODE_DATA", "/data.bin"), help="data file (NODE_DATA)")
-    p.add_argument("--conf", default=env.get("NODE_CONF", "/torrent.conf"), help="torrent conf (NODE_CONF)")
-    p.add_argument("--state", default=env.get("NODE_STATE"),
-                   help="where learned file info and peers persist (NODE_STATE; default DATA.state.json)")
-    p.add_argument("--port", default=env.get("NODE_PORT", str(DEFAULT_PORT)), help="TCP+UDP port (NODE_PORT)")
-    p.add_argument("--bind", default=env.get("NODE_BIND", "0.0.0.0"), help="IPv4 to listen on (NODE_BIND)")
-    p.add_argument("--log-level", default=env.get("NODE_LOG_LEVEL", "info"), help="debug|info|warning|error")
-    p.add_argument("--discovery", default=env.get("NODE_DISCOVERY", "on"), help="on|off: UDP self-discovery")
-    return p
+def _read_flags(argv, env):
+    """{flag: value} from argv over the environment; argv it cannot read goes to argparse, which
+    prints --help or raises ConfigError("argv", ...) for the operator."""
+    got = {name: env.get(var, default) for name, (var, default, _) in FLAGS.items()}
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        name = name[2:] if name.startswith("--") else ""
+        if name not in FLAGS or (not eq and i + 1 == len(argv)):
+            return _argparse_flags(argv, env)
+        if not eq:
+            i += 1
+            value = argv[i]
+            if value.startswith("-"):  # `--data --conf x`: argparse says which flag lacks a value
+                return _argparse_flags(argv, env)
+        got[name] = value
+        i += 1
+    return got
 
 
-def _parse_flags(ns):
-    if not _is_port(ns.port):
-        raise ConfigError("port", f"expected 1..65535, got {ns.port!r}")
-    if ns.log_level not in LOG_LEVELS:
-        raise ConfigError("log-level", f"expected one of {'|'.join(LOG_LEVELS)}, got {ns.log_level!r}")
-    if ns.discovery not in ("on", "off"):
-        raise ConfigError("discovery", f"expected on|off, got {ns.discovery!r}")
-    try:
-        ipaddress.IPv4Address(ns.bind)
-    except ValueError:
-        raise ConfigError("bind", f"expected an IPv4 address, got {ns.bind!r}") from None
-    return int(ns.port)
+def _argparse_flags(argv, env):
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line naming the problem, like every other config error
+            raise ConfigError("argv", message)
+
+    p = Parser(prog="python3 -m node", description="Peer-to-peer file-sync node.")
+    for name, (var, default, text) in FLAGS.items():
+        p.add_argument("--" + name, default=env.get(var, default), help=f"{text} ({var})")
+    return {name: getattr(p.parse_args(argv), name.replace("-", "_")) for name in FLAGS}
+
+
+def is_ipv4(text):
+    """Dotted quad, four decimal numbers 0..255 without leading zeros (as ipaddress reads it)."""
+    parts = text.split(".")
+    return len(parts) == 4 and all(
+        p.isascii() and p.isdigit() and len(p) <= 3 and (p == "0" or p[0] != "0") and int(p) <= 255
+        for p in parts)
+
+
+def _parse_flags(flags):
+    if not _is_port(flags["port"]):
+        raise ConfigError("port", f"expected 1..65535, got {flags['port']!r}")
+    if flags["log-level"] not in LOG_LEVELS:
+        raise ConfigError("log-level", f"expected one of {'|'.join(LOG_LEVELS)}, got {flags['log-level']!r}")
+    if flags["discovery"] not in ("on", "off"):
+        raise ConfigError("discovery", f"expected on|off, got {flags['discovery']!r}")
+    if not is_ipv4(flags["bind"]):
+        raise ConfigError("bind", f"expected an IPv4 address, got {flags['bind']!r}")
+    return int(flags["port"])
 
 
 def load(argv, env):
     """argv (without the program name) + environment + conf file -> Config."""
-    ns = _arg_parser(env).parse_args(argv)
-    port = _parse_flags(ns)
+    flags = _read_flags(argv, env)
+    port = _parse_flags(flags)
     try:
-        with open(ns.conf, "rb") as f:
+        with open(flags["conf"], "rb") as f:
             text = f.read()
     except OSError as e:
-        raise ConfigError("conf", f"cannot read {ns.conf} ({e.strerror})") from None
+        raise ConfigError("conf", f"cannot read {flags['conf']} ({e.strerror})") from None
     peers, info = parse_torrent_conf(text, port)
-    return Config(data_path=ns.data, conf_path=ns.conf, state_path=ns.state or ns.data + ".state.json",
-                  port=port, bind=ns.bind, log_level=ns.log_level, discovery=ns.discovery == "on",
+    return Config(data_path=flags["data"], conf_path=flags["conf"],
+                  state_path=flags["state"] or flags["data"] + ".state.json", port=port,
+                  bind=flags["bind"], log_level=flags["log-level"], discovery=flags["discovery"] == "on",
                   peers=peers, file_info=info)

@@ -5,7 +5,6 @@ STATUS_REQ), so status works on the node's one port with no extra listener. The 
 stdlib sockets and never imports gevent, so the image's HEALTHCHECK costs a bare Python start.
 """
 
-import json
 import os
 import socket
 import sys
@@ -41,6 +40,7 @@ def snapshot(node):
 
 def fetch(host, port, timeout=STATUS_TIMEOUT_S):
     """Ask a running node for its status dict."""
+    import json  # the client's alone: every node imports this module, before it listens
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(wire.encode(wire.Hello(os.urandom(8), 0)) + wire.encode(wire.StatusRequest()))
         dec = wire.Decoder()
@@ -67,6 +67,7 @@ def cli(argv):
         sys.stderr.write(f"status: {host}:{port}: {e}\n")
         return 1
     if as_json:
+        import json
         sys.stdout.write(json.dumps(st, indent=2) + "\n")
     else:
         for k, v in st.items():
