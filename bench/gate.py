@@ -15,7 +15,8 @@ import os
 import signal
 import sys
 
-SOLUTION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "solution")
+SOLUTION = os.environ.get("BENCH_SOLUTION") or os.path.join(  # startup.py --solution: A/B runs
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "solution")
 
 
 def install():
