@@ -1,7 +1,8 @@
 """The emulated LAN: N hosts as network namespaces joined by a bridge in a namespace of its own.
 
-What lives here: creating and deleting the namespaces, and the argv that runs a program on a host.
-Nothing else in bench/ touches the network.
+What lives here: creating and deleting the namespaces, the barrier (the bridge: switched off while
+the nodes start, on at T0), and the argv that runs a program on a host. Nothing else in bench/
+touches the network.
 
 Safety rules this module keeps (the host's own network is never touched):
 - Every object is named with PREFIX; on start, leftovers with that prefix are deleted first.
@@ -20,8 +21,18 @@ root namespace only), and 60 hosts that each talk to 59 others need 3540: with d
 table overflowed ("neighbor table overflow" in dmesg), resolution failed and about 1 connect in 3
 hung for seconds. Real hosts each have their own table; permanent entries are exempt from that
 limit, so static neighbours emulate separate machines without touching a host sysctl.
+
+The barrier is the switch: `hold()` sets the bridge down, `release()` sets it up at T0. While it
+is down every bridge port is disabled and drops whatever a host sends, so no byte can move between
+hosts before T0, whatever the programs do. Each host keeps its carrier, address and route, so it
+binds and listens as usual, and a connect() made early just goes unanswered (its SYN is dropped;
+the bench's start gates see that nobody connects early). `sent_while_held()` counts the frames
+the hosts sent into the held bridge: the proof, per run, that the barrier held and nobody tried.
+IPv6 is off in every lab namespace (the lab is IPv4), so no router solicitation or MLD frame
+counts there.
 """
 
+import json
 import subprocess
 
 PREFIX = "p2pb-"  # every namespace the lab creates starts with this
@@ -97,12 +108,15 @@ class Lab:
         self._created.append(name)
 
     def _build(self):
-        self._add_ns(BRIDGE_NS)
-        for name in self.ns:
+        for name in [BRIDGE_NS] + self.ns:
             self._add_ns(name)
+            # Before the veths arrive, so they are born without IPv6 (new devices take the defaults).
+            subprocess.run(["ip", "netns", "exec", name, "sysctl", "-q", "-w",
+                            "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+                           check=True, timeout=IP_TIMEOUT_S)
         # Inside the bridge namespace: the bridge, and one veth pair per host whose far end goes
         # straight into that host's namespace as eth0. One batch keeps this to one `ip` process.
-        cmds = ["link add br0 type bridge", "link set br0 up", "link set lo up"]
+        cmds = ["link add br0 type bridge stp_state 0", "link set lo up"]  # br0 stays down: hold()
         for i, name in enumerate(self.ns):
             cmds += [f"link add v{i} type veth peer name eth0 address {self.mac[i]} netns {name}",
                      f"link set v{i} master br0", f"link set v{i} up"]
@@ -112,6 +126,25 @@ class Lab:
             cmds += [f"neigh replace {ip} lladdr {mac} dev eth0 nud permanent"
                      for j, (ip, mac) in enumerate(zip(self.ip, self.mac)) if j != i]
             _ip("-n", name, "-batch", "-", stdin="\n".join(cmds) + "\n")
+
+    def hold(self):
+        """Switch the LAN off: from now on nothing crosses between hosts (until release)."""
+        _ip("-n", BRIDGE_NS, "link", "set", "br0", "down")
+
+    def release(self):
+        """Switch the LAN on (T0): without STP every port forwards at once."""
+        _ip("-n", BRIDGE_NS, "link", "set", "br0", "up")
+
+    def port_counters(self):
+        """{host index: (frames the host sent to the bridge, frames the bridge sent the host)}."""
+        links = json.loads(_ip("-n", BRIDGE_NS, "-s", "-j", "link", "show"))
+        out = {}
+        for ln in links:
+            name = ln.get("ifname", "")
+            if name.startswith("v") and name[1:].isdigit():
+                st = ln["stats64"]
+                out[int(name[1:])] = (st["rx"]["packets"], st["tx"]["packets"])
+        return out
 
     def close(self):
         """Delete every namespace this lab created (hosts first, then the bridge)."""

@@ -7,8 +7,9 @@ It reads the same torrent.conf as our node, builds a v1 .torrent with libtorrent
 from the conf's piece hashes (same piece size, same SHA-1s: every host derives the same info-hash),
 and seeds or downloads DIR/data.bin. The data file is hash-checked first, like our node's scan.
 Prints logfmt lines the bench waits for, in the same shape as our node's:
-    event=listening  once the session listens (before the torrent is added: the check comes after)
-    event=complete   when the torrent reaches the seeding state
+    event=listening  once the session listens; then the process stops itself (SIGSTOP) until the
+                     bench's SIGCONT at T0, and only then adds the torrent (check, dials)
+    event=complete   at torrent_finished_alert: every piece downloaded and hash-checked
 Never exits by itself; SIGTERM stops it (exit 0), like our node.
 """
 
@@ -24,12 +25,14 @@ import libtorrent as lt
 ALERT_WAIT_MS = 200  # longest sleep between looks at SIGTERM; an alert ends the wait at once
 PROGRESS_S = 1.0  # one progress line a second while downloading (like our node), for diagnosis
 LISTEN_WAIT_S = 10.0  # give up if the session has not listened by then
-BIG = 10_000  # "no limit" for connection, unchoke and queue settings (60 hosts at most)
+BIG = 10_000  # "no limit" for connection and queue settings (60 hosts at most)
 
 
 def lan_settings(bind, port):
-    """A LAN swarm: no discovery, no rate limits, no encryption or uTP, large limits."""
-    return {
+    """The best LAN configuration we know: libtorrent's own high-performance-seed preset, then
+    a LAN's changes on top (why each: bench/README.md, "libtorrent")."""
+    s = lt.default_settings() if os.environ.get("LT_PRESET") == "none" else lt.high_performance_seed()
+    s.update({
         "listen_interfaces": f"{bind}:{port}",
         "outgoing_interfaces": bind,
         "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
@@ -37,23 +40,25 @@ def lan_settings(bind, port):
         "enable_outgoing_tcp": True, "enable_incoming_tcp": True,
         "out_enc_policy": lt.enc_policy.disabled, "in_enc_policy": lt.enc_policy.disabled,
         "upload_rate_limit": 0, "download_rate_limit": 0,
-        "connections_limit": BIG, "unchoke_slots_limit": -1,  # -1: every interested peer unchoked
+        # The preset keeps only 7 MiB queued for disk (a seed reads); a downloader writes, and the
+        # preset's limit would stall it: back to the default 100 MiB.
+        "max_queued_disk_bytes": 100 << 20,
+        "send_buffer_watermark": 8 << 20, "send_buffer_low_watermark": 1 << 20,
+        "max_out_request_queue": 1500, "max_allowed_in_request_queue": 4000,
+        "connections_limit": 500, "unchoke_slots_limit": -1,  # -1: every interested peer unchoked
         "active_downloads": -1, "active_seeds": -1, "active_limit": -1, "active_checking": BIG,
-        "allow_multiple_connections_per_ip": True,
-        "connection_speed": BIG, "smooth_connects": False,  # dial every given peer at once
-        "max_out_request_queue": BIG, "max_allowed_in_request_queue": BIG,
-        # A seed does not dial: its peers dial it. Released at the same instant by the bench's
-        # barrier, a seed and a leecher dialling each other made libtorrent drop both links as
-        # duplicates, again and again (S1 once took 48 s instead of 4). Dialling from one side
-        # only (the lower address) avoided that but cost it a third of its speed in S3.
+        "connection_speed": 500, "torrent_connect_boost": 255, "smooth_connects": False,
+        # A seed does not dial; its peers dial it (measured faster: bench/README.md).
         "seeding_outgoing_connections": False,
-        # A LAN peer that failed to connect is retried soon (defaults wait a minute and give up
-        # after 3 failures: under load one host once never completed within 120 s).
+        # A LAN peer that failed to connect is retried soon (the preset gives up after one failure;
+        # defaults wait a minute: under load one host once never completed within 120 s).
         "min_reconnect_time": 1, "max_failcount": 100, "peer_connect_timeout": 5,
-        "aio_threads": os.cpu_count() or 2, "hashing_threads": os.cpu_count() or 2,
+        "hashing_threads": os.cpu_count() or 2,
         "alert_mask": (lt.alert.category_t.status_notification | lt.alert.category_t.error_notification
                        | lt.alert.category_t.connect_notification),  # peer (dis)connects: logged
-    }
+    })
+    s.update(json.loads(os.environ.get("LT_EXTRA_SETTINGS") or "{}"))  # for trying other settings
+    return s
 
 
 def build_torrent(info):
@@ -93,8 +98,10 @@ def main():
             sys.exit("lt_node: session did not listen")
         time.sleep(0.001)
     say("listening", addr=f"{a.bind}:{ses.listen_port()}", version=lt.__version__)
+    # The start gate: nothing but the listening socket exists yet (no torrent, no peer, no dial).
+    os.kill(os.getpid(), signal.SIGSTOP)
 
-    t_start = time.monotonic()  # after the bench's barrier (SIGCONT) in practice
+    t_start = time.monotonic()  # after the bench's SIGCONT (T0)
     atp = lt.add_torrent_params()
     atp.ti = build_torrent(conf["FileInfo"])
     atp.save_path = os.path.dirname(os.path.abspath(a.data))
@@ -105,7 +112,7 @@ def main():
             h.connect_peer((ip, a.port))
 
     done = False
-    seeding = (lt.torrent_status.seeding, lt.torrent_status.finished)
+    finished = (lt.torrent_status.seeding, lt.torrent_status.finished)
     next_progress = time.monotonic() + PROGRESS_S
     while not stop:
         # Alerts wake us at once; no status polling, which would cost CPU in 60 processes.
@@ -116,8 +123,8 @@ def main():
                 say("error", what=json.dumps(al.message()))
             elif isinstance(al, lt.torrent_finished_alert):
                 check = True
-            elif isinstance(al, lt.state_changed_alert) and al.state in seeding:
-                check = True
+            elif isinstance(al, lt.state_changed_alert) and al.state in finished:
+                check = True  # a seed after its check; libtorrent may post no finished alert
             elif isinstance(al, (lt.peer_connect_alert, lt.peer_disconnected_alert)):
                 say("peer", what=json.dumps(al.message()))
         now = time.monotonic()
@@ -128,7 +135,7 @@ def main():
                 rate_mbs=f"{st.download_payload_rate / 1e6:.1f}")
         if not done and check:
             st = h.status()
-            if st.is_seeding:
+            if st.is_finished:
                 done = True
                 say("complete", secs=f"{time.monotonic() - t_start:.3f}", pieces=st.num_pieces,
                     bytes_in=st.total_payload_download, peers=st.num_peers)

@@ -6,11 +6,14 @@ What lives here: the command line, the barrier and timing of one swarm run, the 
 and the order of everything. Namespaces: lab.py. Files and layouts: scenarios.py. Tables and the
 chart: report.py. Must run as root (network namespaces) with the bench venv's python (see README).
 
-One timed run: lay out the host files, write+delete as much as the run will write, spawn one
-process per host, SIGSTOP each as soon as it prints `event=listening`, SIGCONT all at once when all
-listen, and time until every process printed `event=complete`; then read each node's peak RSS,
-SIGTERM them (by PID), and check every host's file against the seed's SHA-1 (a wrong file fails
-the bench).
+One timed run: lay out the host files, hold the LAN (lab.py: the bridge is down), spawn one
+process per host; each stops itself right after it prints `event=listening` (start gates: gate.py,
+lt_node.py), and counts as listening once it has. When all listen, write+delete as
+much as the run will write, then T0: switch the LAN on and SIGCONT all, and time until every
+process printed `event=complete`; then read each node's peak RSS, SIGTERM them (by PID), and check
+every host's file against the seed's SHA-1 (a wrong file fails the bench). The frames hosts sent
+into the held LAN are counted each run: the barrier held only if none crossed it (else the bench
+fails) and, for the gates, none was even sent.
 """
 
 import argparse
@@ -38,6 +41,7 @@ PORT = 6881  # every host listens on the same port (the SPEC's Peers are bare IP
 LISTEN_TIMEOUT_S = 60  # spawn -> all listening (60 Python processes on 2 cores take ~10 s)
 SYNC_TIMEOUT_S = 120  # SIGCONT -> all complete; libtorrent needs ~3 s for the slowest scenario
 STOP_TIMEOUT_S = 10  # SIGTERM -> exit, then SIGKILL
+GATE_TIMEOUT_S = 10  # `listening` printed -> stopped at its start gate (a few ms; 60 starting at once)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PIPE_SIZE = 1 * GiB  # the ideal pipeline moves this much, in 256 KiB pieces (issue 4)
 PIPE_PIECE = 256 << 10
@@ -54,7 +58,10 @@ PROFILE_DIR = None  # --profile DIR: our nodes run under cProfile (profile_node.
 def node_cmd(impl, py, data, conf, ip):
     """(argv, cwd) of one node on one host."""
     if impl in ("ours", "baseline"):
-        run = [py, os.path.join(HERE, "profile_node.py")] if PROFILE_DIR else [py, "-m", "node"]
+        # profile_node.py and gate.py run the node from $BENCH_SOLUTION (baseline: --baseline DIR)
+        run = [py, os.path.join(HERE, "profile_node.py" if PROFILE_DIR else "gate.py")]
+        if impl == "baseline":
+            run = ["env", f"BENCH_SOLUTION={BASELINE}", *run]
         return run + ["--data", data, "--conf", conf, "--state", data + ".state.json",
                 "--bind", ip, "--port", str(PORT), "--discovery", "off",
                 "--log-level", NODE_LOG_LEVEL], SOLUTION if impl == "ours" else BASELINE
@@ -82,16 +89,32 @@ class Proc:
             now = time.monotonic()
             self.lines.append(line.decode(errors="replace").rstrip())
             if self.t_listen is None and b"event=listening" in line:
-                try:
-                    os.kill(self.pid, signal.SIGSTOP)  # held here until every host listens
-                except ProcessLookupError:
-                    pass  # it died already: wait_until sees that and fails the run
-                self.t_listen = now
+                # Held here until every host listens: the process stops itself (its start gate).
+                # Signalling it from here instead would race with that: a SIGCONT could land
+                # before its own SIGSTOP, which would then hold it for good.
+                if self._wait_stopped():
+                    self.t_listen = now
                 self._on_event()
             elif self.t_complete is None and b"event=complete" in line:
                 self.t_complete = now
                 self._on_event()
         self._on_event()  # EOF: the process died or was stopped
+
+    def _wait_stopped(self):
+        """Wait until the process has stopped itself; False if it died or never did."""
+        deadline = time.monotonic() + GATE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{self.pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return False
+            if state == "T":
+                return True
+            if state in "ZX":
+                return False
+            time.sleep(0.0005)
+        return False
 
     def peak_rss_mb(self):
         try:
@@ -161,6 +184,8 @@ def swarm_run(lab_, seed, impl, py, workdir, logdir, tag):
 
     load_before = os.getloadavg()[0]
     procs = []
+    lab_.hold()
+    ports0 = lab_.port_counters()
     try:
         for h, (data, conf) in enumerate(paths):
             argv, cwd = node_cmd(impl, py, data, conf, lab_.ip[h])
@@ -171,7 +196,9 @@ def swarm_run(lab_, seed, impl, py, workdir, logdir, tag):
         prewrite(workdir, seed.bytes_to_move())
         t_pw = time.monotonic() - t_pw  # not part of from-spawn: the nodes are held meanwhile
         cpu0 = [pr.usage() for pr in procs]
-        t_cont = time.monotonic()
+        ports1 = lab_.port_counters()
+        t_cont = time.monotonic()  # T0: the LAN goes on, then every process goes on
+        lab_.release()
         for pr in procs:
             os.kill(pr.pid, signal.SIGCONT)
         if os.environ.get("BENCH_RELEASED_FILE"):  # for profilers: `perf record -k CLOCK_MONOTONIC`
@@ -195,17 +222,24 @@ def swarm_run(lab_, seed, impl, py, workdir, logdir, tag):
         raise SystemExit(f"bench: {tag}: WRONG FILE on host {bad[0][0]}: {bad[0][1]} "
                          f"({len(bad)} hosts wrong; logs in {logdir})")
     shutil.rmtree(rundir)
+    held_sent = sum(ports1[h][0] - ports0[h][0] for h in range(sc.nodes))
+    held_crossed = sum(ports1[h][1] - ports0[h][1] for h in range(sc.nodes))
+    if held_crossed:
+        raise SystemExit(f"bench: {tag}: BARRIER BROKEN: {held_crossed} frames reached hosts before T0")
     startup = [pr.t_listen - pr.t_spawn for pr in procs]
+    startup_cpu = [c[0] + c[1] for c in cpu0 if c] or [0.0]  # at listening: they are held
     r = {"scenario": sc.name, "impl": impl, "sync_s": t_done - t_cont,
          "from_spawn_s": t_done - min(pr.t_spawn for pr in procs) - t_pw,
          "startup_med_s": statistics.median(startup), "startup_max_s": max(startup),
+         "all_listening_s": max(pr.t_listen for pr in procs) - min(pr.t_spawn for pr in procs),
+         "startup_cpu_med_s": statistics.median(startup_cpu), "held_frames_sent": held_sent,
          "first_complete_s": min(pr.t_complete for pr in procs) - t_cont,
          "peak_rss_mb": max((x for x in rss if x is not None), default=None),
          "cpu_s": sum(u + k for u, k, _ in cpu), "cpu_sys_s": sum(k for _, k, _ in cpu),
          "cpu_seeder_s": sum(cpu[0][:2]), "minor_faults": sum(f for _, _, f in cpu),
          "exit_codes": sorted(set(codes)), "load1": load_before}
     print(f"  {tag:<22} sync {r['sync_s']:7.3f} s  from spawn {r['from_spawn_s']:7.3f} s  "
-          f"start-up med {r['startup_med_s']:.3f} s  CPU {r['cpu_s']:.2f} s (sys {r['cpu_sys_s']:.2f}, h0 {r['cpu_seeder_s']:.2f}, {r['minor_faults'] * 4 / 1024:.0f} MiB faulted)  peak RSS {r['peak_rss_mb'] or 0:.0f} MB  "
+          f"start-up med {r['startup_med_s']:.3f} s (CPU {r['startup_cpu_med_s'] * 1000:.0f} ms; all {r['all_listening_s']:.2f} s)  held frames {held_sent}  CPU {r['cpu_s']:.2f} s (sys {r['cpu_sys_s']:.2f}, h0 {r['cpu_seeder_s']:.2f}, {r['minor_faults'] * 4 / 1024:.0f} MiB faulted)  peak RSS {r['peak_rss_mb'] or 0:.0f} MB  "
           f"exit {r['exit_codes']}", flush=True)
     return r
 
@@ -219,6 +253,7 @@ def _save_logs(logdir, tag, procs):
 def pipeline_run(lab_, py, workdir, threads):
     """One ideal-pipeline run: host 1 receives from host 0 -> the receiver's JSON result."""
     out = os.path.join(workdir, "pipeline.bin")
+    lab_.release()  # no barrier here: the receiver is ready before the sender starts
     prewrite(workdir, PIPE_SIZE)
     script = os.path.join(HERE, "pipeline.py")
     recv = subprocess.Popen(lab_.argv(1, [py, script, "recv", "--bind", lab_.ip[1], "--out", out,

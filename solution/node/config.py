@@ -3,13 +3,15 @@
 Rule: this module does no I/O beyond reading the conf file it is pointed at, and every problem
 raises `ConfigError(field, why)`, so the operator gets one line that names the field.
 Result: a frozen `Config`, holding an optional frozen `FileInfo`.
+
+Every node pays this module's import and run before it listens, so it stays cheap to load: plain
+__slots__ classes instead of dataclasses (each frozen dataclass is generated code, compiled at
+import), and argparse only for --help and for argv it cannot read by hand (argparse with its
+formatter pulls in shutil and gettext).
 """
 
-import argparse
 import hashlib
-import ipaddress
 import re
-from dataclasses import dataclass
 
 import ujson
 
@@ -32,11 +34,38 @@ class ConfigError(Exception):
         self.why = why
 
 
-@dataclass(frozen=True)
-class FileInfo:
-    size: int
-    piece_size: int
-    hashes: tuple  # SHA-1 digests, 20 bytes each, one per piece
+class _Frozen:
+    """Immutable value objects: equal when of one type with equal fields, hashable, readable."""
+
+    __slots__ = ()
+
+    def __init__(self, **fields):
+        for k in self.__slots__:
+            object.__setattr__(self, k, fields[k])
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is frozen")
+
+    __delattr__ = __setattr__
+
+    def _fields(self):
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other._fields() == self._fields()
+
+    def __hash__(self):
+        return hash(self._fields())
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in self.__slots__)})"
+
+
+class FileInfo(_Frozen):
+    __slots__ = ("size", "piece_size", "hashes")  # hashes: SHA-1 digests, 20 bytes each, per piece
+
+    def __init__(self, size, piece_size, hashes):
+        super().__init__(size=size, piece_size=piece_size, hashes=hashes)
 
     @property
     def n_pieces(self):
@@ -64,23 +93,19 @@ class FileInfo:
         return {"Size": self.size, "PartSize": self.piece_size, "Parts": [h.hex() for h in self.hashes]}
 
 
-@dataclass(frozen=True)
-class Config:
-    data_path: str
-    conf_path: str
-    state_path: str
-    port: int
-    bind: str
-    log_level: str
-    discovery: bool
-    peers: tuple  # (ip, port) pairs from the conf
-    file_info: object  # FileInfo or None
-    peer_names: tuple = ()  # (host name, port) pairs: conf entries that are names, and --peers-dns
-    http_port: int = 0  # /livez, /readyz, /metrics on this TCP port; 0: no HTTP at all
-    max_upload_rate: int = 0  # bytes/s of piece data sent, all peers together; 0: no limit
-    tls_cert: object = None  # paths, all three or none: mutual TLS with the swarm's CA
-    tls_key: object = None
-    tls_ca: object = None
+class Config(_Frozen):
+    __slots__ = ("data_path", "conf_path", "state_path", "port", "bind", "log_level", "discovery",
+                 "peers",  # (ip, port) pairs from the conf
+                 "file_info",  # FileInfo or None
+                 "peer_names",  # (host name, port) pairs: conf entries that are names, and --peers-dns
+                 "http_port",  # /livez, /readyz, /metrics on this TCP port; 0: no HTTP at all
+                 "max_upload_rate",  # bytes/s of piece data sent, all peers together; 0: no limit
+                 "tls_cert", "tls_key", "tls_ca")  # paths, all three or none: mutual TLS with the swarm's CA
+    DEFAULTS = {"peer_names": (), "http_port": 0, "max_upload_rate": 0,
+                "tls_cert": None, "tls_key": None, "tls_ca": None}
+
+    def __init__(self, **fields):
+        super().__init__(**{**self.DEFAULTS, **fields})
 
     @property
     def tls(self):
@@ -144,11 +169,11 @@ def _is_port(text):
 
 
 def is_ip(text):
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True
+    """Dotted quad, four decimal numbers 0..255 without leading zeros (as ipaddress reads it)."""
+    parts = text.split(".")
+    return len(parts) == 4 and all(
+        p.isascii() and p.isdigit() and len(p) <= 3 and (p == "0" or p[0] != "0") and int(p) <= 255
+        for p in parts)
 
 
 def is_host_name(text):
@@ -205,40 +230,74 @@ def parse_torrent_conf(text, default_port=DEFAULT_PORT, field_prefix=""):
     return parse_peers(obj.get("Peers"), default_port), parse_file_info(obj.get("FileInfo"))
 
 
-class _ArgParser(argparse.ArgumentParser):
-    def error(self, message):  # one line naming the problem, like every other config error
-        raise ConfigError("argv", message)
+# flag -> (environment variable, default, help); argv reads `--flag value` or `--flag=value`.
+FLAGS = {
+    "data": ("NODE_DATA", "/data.bin", "data file"),
+    "conf": ("NODE_CONF", "/torrent.conf", "torrent conf"),
+    "state": ("NODE_STATE", None, "where learned file info and peers persist (default DATA.state.json)"),
+    "port": ("NODE_PORT", str(DEFAULT_PORT), "TCP+UDP port"),
+    "bind": ("NODE_BIND", "0.0.0.0", "IPv4 to listen on"),
+    "log-level": ("NODE_LOG_LEVEL", "info", "debug|info|warning|error"),
+    "discovery": ("NODE_DISCOVERY", "on", "on|off: UDP self-discovery"),
+    "http-port": ("NODE_HTTP_PORT", "", "serve /livez /readyz /metrics on this TCP port (default off)"),
+    "max-upload-rate": ("NODE_MAX_UPLOAD_RATE", "0",
+                        "bytes/s of piece data sent, all peers together, e.g. 20M (0: none)"),
+    "peers-dns": ("NODE_PEERS_DNS", "", "name[:port],...: every address a name resolves to is a peer"),
+}
+TLS_FLAGS = {  # the node's and the status client's
+    "tls-cert": ("NODE_TLS_CERT", None, "this node's certificate"),
+    "tls-key": ("NODE_TLS_KEY", None, "its private key"),
+    "tls-ca": ("NODE_TLS_CA", None, "the swarm's CA certificate"),
+}
+FLAGS.update(TLS_FLAGS)
 
 
-def _arg_parser(env):
-    p = _ArgParser(prog="python3 -m node", description="Peer-to-peer file-sync node.")
-    p.add_argument("--data", default=env.get("NODE_DATA", "/data.bin"), help="data file (NODE_DATA)")
-    p.add_argument("--conf", default=env.get("NODE_CONF", "/torrent.conf"), help="torrent conf (NODE_CONF)")
-    p.add_argument("--state", default=env.get("NODE_STATE"),
-                   help="where learned file info and peers persist (NODE_STATE; default DATA.state.json)")
-    p.add_argument("--port", default=env.get("NODE_PORT", str(DEFAULT_PORT)), help="TCP+UDP port (NODE_PORT)")
-    p.add_argument("--bind", default=env.get("NODE_BIND", "0.0.0.0"), help="IPv4 to listen on (NODE_BIND)")
-    p.add_argument("--log-level", default=env.get("NODE_LOG_LEVEL", "info"), help="debug|info|warning|error")
-    p.add_argument("--discovery", default=env.get("NODE_DISCOVERY", "on"), help="on|off: UDP self-discovery")
-    p.add_argument("--http-port", default=env.get("NODE_HTTP_PORT", ""),
-                   help="serve /livez /readyz /metrics on this TCP port (NODE_HTTP_PORT; default off)")
-    p.add_argument("--max-upload-rate", default=env.get("NODE_MAX_UPLOAD_RATE", "0"),
-                   help="bytes/s of piece data sent, all peers together, e.g. 20M (NODE_MAX_UPLOAD_RATE; 0: none)")
-    add_tls_flags(p, env)
-    p.add_argument("--peers-dns", default=env.get("NODE_PEERS_DNS", ""),
-                   help="name[:port],...: every address a name resolves to is a peer (NODE_PEERS_DNS)")
-    return p
+def _read_flags(argv, env):
+    """{flag: value} from argv over the environment; argv it cannot read goes to argparse, which
+    prints --help or raises ConfigError("argv", ...) for the operator."""
+    got = {name: env.get(var, default) for name, (var, default, _) in FLAGS.items()}
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        name = name[2:] if name.startswith("--") else ""
+        if name not in FLAGS or (not eq and i + 1 == len(argv)):
+            return _argparse_flags(argv, env)
+        if not eq:
+            i += 1
+            value = argv[i]
+            if value.startswith("-"):  # `--data --conf x`: argparse says which flag lacks a value
+                return _argparse_flags(argv, env)
+        got[name] = value
+        i += 1
+    return got
 
 
-def add_tls_flags(p, env):
-    p.add_argument("--tls-cert", default=env.get("NODE_TLS_CERT"), help="this node's certificate (NODE_TLS_CERT)")
-    p.add_argument("--tls-key", default=env.get("NODE_TLS_KEY"), help="its private key (NODE_TLS_KEY)")
-    p.add_argument("--tls-ca", default=env.get("NODE_TLS_CA"), help="the swarm's CA certificate (NODE_TLS_CA)")
+def _argparse_flags(argv, env):
+    p = arg_parser("python3 -m node", "Peer-to-peer file-sync node.")
+    add_flags(p, FLAGS, env)
+    ns = p.parse_args(argv)
+    return {name: getattr(ns, name.replace("-", "_")) for name in FLAGS}
 
 
-def parse_tls_flags(ns):
+def arg_parser(prog, description=None):
+    """An argparse parser whose errors are one ConfigError("argv", ...) line, like every other."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise ConfigError("argv", message)
+
+    return Parser(prog=prog, description=description)
+
+
+def add_flags(p, flags, env):
+    for name, (var, default, text) in flags.items():
+        p.add_argument("--" + name, default=env.get(var, default), help=f"{text} ({var})")
+
+
+def parse_tls_flags(cert, key, ca):
     """(cert, key, ca): all three paths, or all None (open mode)."""
-    given = {"tls-cert": ns.tls_cert, "tls-key": ns.tls_key, "tls-ca": ns.tls_ca}
+    given = {"tls-cert": cert, "tls-key": key, "tls-ca": ca}
     if not any(given.values()):
         return None, None, None
     for flag, path in given.items():
@@ -249,21 +308,19 @@ def parse_tls_flags(ns):
                 pass
         except OSError as e:
             raise ConfigError(flag, f"cannot read {path} ({e.strerror})") from None
-    return ns.tls_cert, ns.tls_key, ns.tls_ca
+    return cert, key, ca
 
 
-def _parse_flags(ns):
-    if not _is_port(ns.port):
-        raise ConfigError("port", f"expected 1..65535, got {ns.port!r}")
-    if ns.log_level not in LOG_LEVELS:
-        raise ConfigError("log-level", f"expected one of {'|'.join(LOG_LEVELS)}, got {ns.log_level!r}")
-    if ns.discovery not in ("on", "off"):
-        raise ConfigError("discovery", f"expected on|off, got {ns.discovery!r}")
-    try:
-        ipaddress.IPv4Address(ns.bind)
-    except ValueError:
-        raise ConfigError("bind", f"expected an IPv4 address, got {ns.bind!r}") from None
-    return int(ns.port)
+def _parse_flags(flags):
+    if not _is_port(flags["port"]):
+        raise ConfigError("port", f"expected 1..65535, got {flags['port']!r}")
+    if flags["log-level"] not in LOG_LEVELS:
+        raise ConfigError("log-level", f"expected one of {'|'.join(LOG_LEVELS)}, got {flags['log-level']!r}")
+    if flags["discovery"] not in ("on", "off"):
+        raise ConfigError("discovery", f"expected on|off, got {flags['discovery']!r}")
+    if not is_ip(flags["bind"]):
+        raise ConfigError("bind", f"expected an IPv4 address, got {flags['bind']!r}")
+    return int(flags["port"])
 
 
 RATE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -298,20 +355,21 @@ def _parse_http_port(text, port):
 
 def load(argv, env):
     """argv (without the program name) + environment + conf file -> Config."""
-    ns = _arg_parser(env).parse_args(argv)
-    port = _parse_flags(ns)
-    http_port = _parse_http_port(ns.http_port, port)
-    max_upload_rate = parse_rate(ns.max_upload_rate, "max-upload-rate")
+    flags = _read_flags(argv, env)
+    port = _parse_flags(flags)
+    http_port = _parse_http_port(flags["http-port"], port)
+    max_upload_rate = parse_rate(flags["max-upload-rate"], "max-upload-rate")
     try:
-        with open(ns.conf, "rb") as f:
+        with open(flags["conf"], "rb") as f:
             text = f.read()
     except OSError as e:
-        raise ConfigError("conf", f"cannot read {ns.conf} ({e.strerror})") from None
+        raise ConfigError("conf", f"cannot read {flags['conf']} ({e.strerror})") from None
     peers, info = parse_torrent_conf(text, port)
-    cert, key, ca = parse_tls_flags(ns)
+    cert, key, ca = parse_tls_flags(flags["tls-cert"], flags["tls-key"], flags["tls-ca"])
     ips, names = split_names(peers)
-    names = tuple(dict.fromkeys(names + parse_peers_dns(ns.peers_dns, port)))
-    return Config(data_path=ns.data, conf_path=ns.conf, state_path=ns.state or ns.data + ".state.json",
-                  port=port, bind=ns.bind, log_level=ns.log_level, discovery=ns.discovery == "on",
+    names = tuple(dict.fromkeys(names + parse_peers_dns(flags["peers-dns"], port)))
+    return Config(data_path=flags["data"], conf_path=flags["conf"],
+                  state_path=flags["state"] or flags["data"] + ".state.json", port=port,
+                  bind=flags["bind"], log_level=flags["log-level"], discovery=flags["discovery"] == "on",
                   peers=ips, file_info=info, peer_names=names, http_port=http_port,
                   max_upload_rate=max_upload_rate, tls_cert=cert, tls_key=key, tls_ca=ca)

@@ -6,14 +6,13 @@ no extra listener. The client uses stdlib sockets and never imports gevent, so t
 HEALTHCHECK costs a bare Python start.
 """
 
-import json
 import os
 import socket
 import sys
 import time
 
 from . import wire
-from .config import DEFAULT_PORT, ConfigError, add_tls_flags, parse_address, parse_tls_flags
+from .config import DEFAULT_PORT, TLS_FLAGS, ConfigError, add_flags, arg_parser, parse_address, parse_tls_flags
 
 STATUS_TIMEOUT_S = 3.0
 
@@ -44,7 +43,8 @@ def snapshot(s, listening=True):
 
 def fetch(host, port, timeout=STATUS_TIMEOUT_S, tls=None):
     """Ask a running node for its status dict. tls: (cert, key, ca) paths for a closed swarm."""
-    from .session import Closed, Session  # only the client needs it
+    import json  # the client's alone: every node imports this module, before it listens
+    from .session import Closed, Session
     session = Session(wire.Hello(os.urandom(8), 0))
     with socket.create_connection((host, port), timeout=timeout) as raw:
         sock = raw
@@ -68,15 +68,14 @@ def fetch(host, port, timeout=STATUS_TIMEOUT_S, tls=None):
 def cli(argv, env):
     """Print a node's status; exit 0 when it answered (the HEALTHCHECK's meaning of healthy).
     In a closed swarm it needs a member's certificate: the same --tls-* flags or NODE_TLS_* as a node."""
-    import argparse
-    p = argparse.ArgumentParser(prog="python3 -m node status")
+    p = arg_parser("python3 -m node status")
     p.add_argument("address", help="HOST[:PORT]")
     p.add_argument("--json", action="store_true")
-    add_tls_flags(p, env)
-    ns = p.parse_args(argv)
+    add_flags(p, TLS_FLAGS, env)
     try:
+        ns = p.parse_args(argv)
         host, port = parse_address(ns.address, DEFAULT_PORT, "address")
-        cert, key, ca = parse_tls_flags(ns)
+        cert, key, ca = parse_tls_flags(ns.tls_cert, ns.tls_key, ns.tls_ca)
     except ConfigError as e:
         sys.stderr.write(f"status: {e}\n")
         return 2
@@ -86,6 +85,7 @@ def cli(argv, env):
         sys.stderr.write(f"status: {host}:{port}: {e}\n")
         return 1
     if ns.json:
+        import json
         sys.stdout.write(json.dumps(st, indent=2) + "\n")
     else:
         for k, v in st.items():
