@@ -32,6 +32,7 @@ IDLE_TIMEOUT_S = 20.0  # no frame at all from the peer this long, nothing pendin
 MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
 SEND_STALL_S = 10.0  # a peer that takes none of what we send for this long is gone
 CLEANUP_WAIT_S = 1.0  # the writer and verifier get this long to end with the link
+READ_SLICE_S = 0.002  # a reader whose peer always has bytes ready yields to the others this often
 
 _KICK = object()  # in the writer's queue: announce, share peers, top up requests
 
@@ -56,6 +57,7 @@ class Conn:
         self.budget = Budget(now)  # what this peer may cost us
         self._drained = Event()  # the writer set it: replies fell below half the budget
         self._throttled = set()  # why we slowed this peer ("replies", "work"): logged once each
+        self._yield_at = 0.0  # monotonic time the reader next yields, if recv never had to wait
         self._queue = Queue()  # the writer's: frames, (first, count) to serve, _KICK
         self._kicked = False
         self._verify_q = Queue()  # (chunk, pool job) in arrival order; bounded by chunk buffers
@@ -136,8 +138,11 @@ class Conn:
                 n = self.sock.recv_into(s.recv_view())
                 if not n:
                     raise EOFError("peer closed the connection")
-                s.received(n, time.monotonic())
-                gevent.sleep(0)  # a peer that always has bytes for us must not keep the others waiting
+                now = time.monotonic()
+                s.received(n, now)
+                if now >= self._yield_at:  # a peer that always has bytes for us must not starve the rest
+                    gevent.sleep(0)
+                    self._yield_at = now + READ_SLICE_S
             elif ev is NEED_BUFFER:
                 buf = self.hub.take_buffer(self.ending)  # waits while the node has enough in flight
                 if buf is None:
