@@ -32,7 +32,7 @@ IDLE_TIMEOUT_S = 20.0  # no frame at all from the peer this long, nothing pendin
 MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
 SEND_STALL_S = 10.0  # a peer that takes none of what we send for this long is gone
 CLEANUP_WAIT_S = 1.0  # the writer and verifier get this long to end with the link
-READ_SLICE_S = 0.002  # a reader whose peer always has bytes ready yields to the others this often
+FAIR_FRAMES = 256  # a reader whose peer always has frames ready yields after this many in a row
 
 _KICK = object()  # in the writer's queue: announce, share peers, top up requests
 
@@ -57,7 +57,9 @@ class Conn:
         self.budget = Budget(now)  # what this peer may cost us
         self._drained = Event()  # the writer set it: replies fell below half the budget
         self._throttled = set()  # why we slowed this peer ("replies", "work"): logged once each
-        self._yield_at = 0.0  # monotonic time the reader next yields, if recv never had to wait
+        self._loop = gevent.get_hub().loop
+        self._turn = None  # the loop's time when the reader last saw it: unchanged = we never waited
+        self._frames_at = 0  # session.frames_in when the reader last waited or yielded
         self._queue = Queue()  # the writer's: frames, (first, count) to serve, _KICK
         self._kicked = False
         self._verify_q = Queue()  # (chunk, pool job) in arrival order; bounded by chunk buffers
@@ -138,11 +140,8 @@ class Conn:
                 n = self.sock.recv_into(s.recv_view())
                 if not n:
                     raise EOFError("peer closed the connection")
-                now = time.monotonic()
-                s.received(n, now)
-                if now >= self._yield_at:  # a peer that always has bytes for us must not starve the rest
-                    gevent.sleep(0)
-                    self._yield_at = now + READ_SLICE_S
+                s.received(n, time.monotonic())
+                self._share_time()
             elif ev is NEED_BUFFER:
                 buf = self.hub.take_buffer(self.ending)  # waits while the node has enough in flight
                 if buf is None:
@@ -151,6 +150,16 @@ class Conn:
                 s.give_buffer(buf)
             else:
                 return ev
+
+    def _share_time(self):
+        """Yield after FAIR_FRAMES frames read without waiting, so a flooding peer cannot starve
+        the rest; counted in frames, not time, so a fast link's few large frames rarely yield."""
+        turn, frames = self._loop.now(), self.session.frames_in
+        if turn != self._turn:  # the loop ran since we last looked: we waited
+            self._turn, self._frames_at = turn, frames
+        elif frames - self._frames_at >= FAIR_FRAMES:
+            gevent.sleep(0)
+            self._turn, self._frames_at = self._loop.now(), frames
 
     def _within_budget(self, ev):
         """Wait, reading nothing more from this peer, while what it cost us is over its budget."""

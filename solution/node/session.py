@@ -129,6 +129,7 @@ class Session:
         self.sent_peers = set()
         self.peers_version = -1  # the version of the node's peer list at our last PEERS
         self.last_rx = now
+        self.frames_in = 0  # frames read from the peer, of every kind
         # the receive path
         self._buf = bytearray(READ_AHEAD)
         self._pos = self._end = 0  # unread bytes of _buf
@@ -198,6 +199,7 @@ class Session:
                     return NEED_DATA
                 kind, n = wire.decode_header(self._take(wire.HEADER.size))
                 self._check(kind)
+                self.frames_in += 1
                 self._kind, self._n = kind, (wire.RANGE.size if kind == wire.PIECES else n)
                 self._pieces_bytes = n - wire.RANGE.size
             if self._end - self._pos < self._n:
