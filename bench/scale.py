@@ -105,6 +105,17 @@ def cpu_times():
     return sum(vals) - idle, sum(vals)
 
 
+def _softirq():
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    return vals[6], sum(vals)
+
+
+def _softirq_share(a, b):
+    """Share of the machine's time spent in softirq (packets through veth, bridge, tbf)."""
+    return (b[0] - a[0]) / max(1, b[1] - a[1])
+
+
 _CONNS = re.compile(r"event=peer_connected .*?conns=(\d+)")
 _LT_PEERS = re.compile(r"event=progress .*?peers=(\d+)")
 _DUP = re.compile(r"event=complete .*?dup_pieces=(\d+)")
@@ -148,7 +159,7 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
         t_listening = time.monotonic() - t_spawn
         ports1 = lab_.port_counters()
         cpu0 = [pr.usage() for pr in procs]
-        m0 = cpu_times()
+        m0, m0s = cpu_times(), _softirq()
         t0 = time.monotonic()
         lab_.release()
         for pr in procs:
@@ -158,8 +169,10 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
         m1 = cpu_times()
         t_end = time.monotonic()
         rss = [pr.peak_rss_mb() for pr in procs]
-        cpu = [sum(b[:2]) - sum(a[:2]) if a and b else 0.0
-               for a, b in zip(cpu0, (pr.usage() for pr in procs))]
+        use1 = [pr.usage() for pr in procs]
+        cpu = [sum(b[:2]) - sum(a[:2]) if a and b else 0.0 for a, b in zip(cpu0, use1)]
+        cpu_sys = sum(b[1] - a[1] for a, b in zip(cpu0, use1) if a and b)
+        soft = _softirq_share(m0s, _softirq())
     except run.RunError as e:
         _stop_all(procs)
         _save_logs(logdir, tag, procs)
@@ -180,7 +193,7 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
     moved_mib = ws.n * ws.size / MiB
     r = {"scenario": ws.name, "impl": impl, "n": ws.n, "t_min": ws.t_min(), "times": times,
          "sync_s": t_end - t0, "busy": (m1[0] - m0[0]) / max(1, m1[1] - m0[1]),
-         "cpu_s": sum(cpu), "cpu_seeder_s": cpu[0], "cpu_ms_per_mib": 1000 * sum(cpu) / moved_mib,
+         "cpu_s": sum(cpu), "cpu_sys_s": cpu_sys, "softirq": soft, "cpu_seeder_s": cpu[0], "cpu_ms_per_mib": 1000 * sum(cpu) / moved_mib,
          "rss_med_mb": sorted(x for x in rss if x)[len(rss) // 2],
          "rss_max_mb": max(x for x in rss if x), "links_opened": sum(o for o, _ in lk) // 2,
          "links_max_per_node": max(m for _, m in lk), "links_med_per_node": sorted(m for _, m in lk)[len(lk) // 2],
@@ -191,7 +204,8 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
     tm = ws.t_min()
     print(f"  {tag:<18} T_min {tm:6.1f} s  p50 {_q(times, .5) / tm:.2f}x  p99 {_q(times, .99) / tm:.2f}x  "
           f"p100 {times[-1] / tm:.2f}x  busy {100 * r['busy']:.0f}%{'' if r['valid'] else ' NOT VALID'}  "
-          f"CPU {r['cpu_s']:.0f} s ({r['cpu_ms_per_mib']:.1f} ms/MiB, seeder {cpu[0]:.1f} s)  "
+          f"CPU {r['cpu_s']:.0f} s (sys {cpu_sys:.0f} s, softirq {100 * soft:.0f}% of machine; "
+          f"{r['cpu_ms_per_mib']:.1f} ms/MiB, seeder {cpu[0]:.1f} s)  "
           f"links {r['links_opened']} (max {r['links_max_per_node']}/node)  RSS med {r['rss_med_mb']:.0f} "
           f"max {r['rss_max_mb']:.0f} MB  dup {r['dup_pieces']}  start {t_listening:.0f} s", flush=True)
     return r

@@ -16,6 +16,12 @@ def _q(xs, q):
     return xs[min(len(xs) - 1, max(0, int(-(-q * len(xs) // 1)) - 1))]
 
 
+def _sys(r):
+    if not r.get("cpu_sys_s"):
+        return ""
+    return f" (sys {100 * r['cpu_sys_s'] / r['cpu_s']:.0f}%, softirq {100 * r['softirq']:.0f}% of machine)"
+
+
 def label(r):
     return r.get("label") or r["impl"]
 
@@ -41,7 +47,9 @@ def markdown(runs):
          "payload through 20 Mbit/s), so ~1.04 is the practical floor. p50/p99/p100: completion time "
          "of the downloaders as a multiple of T_min. **busy**: the whole machine's CPU busy share (2 "
          "cores, /proc/stat) over the timed span; above 50% the run is NOT VALID (it measured the CPU, "
-         "not the links). CPU ms/MiB: CPU of all nodes in the timed span ÷ MiB delivered (N·F). Links: "
+         "not the links). CPU ms/MiB: CPU of all nodes in the timed span ÷ MiB delivered (N·F); in brackets the "
+         "kernel's share of it, and the machine's time in softirq (packets through veth, bridge and tbf, "
+         "charged to whichever process runs). Links: "
          "connections opened in the run (each counted once), and the most one node held at once. "
          "RSS: peak (VmHWM) per node, median and max. dup: pieces received twice (endgame), all nodes.", "",
          "| scenario | impl | N | T_min s | p50 | p99 | p100 | busy | valid | CPU ms/MiB | links (max/node) "
@@ -51,7 +59,7 @@ def markdown(runs):
         t, tm = r["times"], r["t_min"]
         L.append(f"| {r['scenario']} | {label(r)} | {r['n']} | {tm:.1f} | {_q(t, .5) / tm:.2f} | "
                  f"{_q(t, .99) / tm:.2f} | {t[-1] / tm:.2f} | {100 * r['busy']:.0f}% | "
-                 f"{'yes' if r['valid'] else '**NOT VALID**'} | {r['cpu_ms_per_mib']:.1f} | "
+                 f"{'yes' if r['valid'] else '**NOT VALID**'} | {r['cpu_ms_per_mib']:.1f}{_sys(r)} | "
                  f"{r['links_opened']} ({r['links_max_per_node']}) | {r['rss_med_mb']:.0f}/{r['rss_max_mb']:.0f} | "
                  f"{'–' if r.get('dup_pieces') is None else r['dup_pieces']} | {r['all_listening_s']:.1f} | "
                  f"{r.get('date', '')} |")
