@@ -33,7 +33,8 @@ IDLE_TIMEOUT_S = 20.0  # no frame at all from the peer this long, nothing pendin
 MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
 SEND_STALL_S = 10.0  # a peer that takes none of what we send for this long is gone
 CLEANUP_WAIT_S = 1.0  # the writer and verifier get this long to end with the link
-RCVLOWAT_MAX = 64 << 10  # piece data wakes the reader once per this many bytes, not per packet
+RCVLOWAT_MAX = 32 << 10  # piece data wakes the reader per this many bytes (more: the window may clamp)...
+RCVLOWAT_BELOW_RATE = 8 << 20  # ...on a link measured slower than this (bytes/s); a LAN wakes as before
 
 _KICK = object()  # in the writer's queue: announce, share peers, top up requests
 
@@ -139,7 +140,8 @@ class Conn:
                     raise Closed(self.reason, self.detail)
                 view = s.recv_view()
                 if self._lowat is not None:
-                    self._set_lowat(min(len(view), RCVLOWAT_MAX) if s.into_chunk else 1)
+                    slow = s.rate is not None and s.rate < RCVLOWAT_BELOW_RATE
+                    self._set_lowat(min(len(view), RCVLOWAT_MAX) if slow and s.into_chunk else 1)
                 n = self.sock.recv_into(view)
                 if not n:
                     raise EOFError("peer closed the connection")
