@@ -44,6 +44,9 @@ LISTEN_TIMEOUT_S = 300  # spawn -> all listening: 500 interpreters on 2 cores ta
 SYNC_FACTOR = 8  # give up at this many times T_min (plus SYNC_SLACK_S)
 SYNC_SLACK_S = 60
 STOP_WAIT_S = 20  # SIGTERM to every node at once, then this long for all to exit
+NODE_MEM_MB = {"libtorrent": 50}  # a node's peak RSS at N = 300: libtorrent 36-49 MB...
+NODE_MEM_MB_OURS = 36  # ...ours 30-34 MB
+MEM_SPARE_MB = 4096  # left for page cache, the bench and the machine's other users
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,9 @@ W_SCENARIOS = {s.name: s for s in (
     WScenario("W3", 300, 32 * MiB, 256 * KiB, 4, 4, 103),
     WScenario("W4", 500, 32 * MiB, 256 * KiB, 4, 4, 104),
     WScenario("W5", 100, 32 * MiB, 256 * KiB, 4, 40, 105),  # a seeder with a 10x faster link
+    # 300 and 500 at a quarter of the rate and file: the machine stays under 50% busy
+    WScenario("W6", 300, 8 * MiB, 64 * KiB, 1, 1, 106),
+    WScenario("W7", 500, 8 * MiB, 64 * KiB, 1, 1, 107),
 )}
 
 
@@ -146,6 +152,11 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
         with cv:
             cv.notify_all()
 
+    need = (ws.n + 1) * NODE_MEM_MB.get(impl, NODE_MEM_MB_OURS) + MEM_SPARE_MB
+    avail = _mem_available_mb()
+    if need > avail:
+        print(f"  {tag:<18} SKIPPED: needs ~{need} MB, {avail} MB available", flush=True)
+        return None
     load_before = os.getloadavg()[0]
     procs = []
     lab_.hold()
@@ -211,6 +222,14 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
     return r
 
 
+def _mem_available_mb():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
 def _q(xs, q):
     """The q-quantile of sorted xs (nearest rank)."""
     return xs[min(len(xs) - 1, max(0, int(-(-q * len(xs) // 1)) - 1))]
@@ -247,7 +266,8 @@ def parse_args(argv):
     p.add_argument("--baseline", metavar="DIR", help="impl 'baseline': our node from DIR/ (another solution/)")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--append", action="store_true", help="add to bench/out/scale-results.json, do not replace")
-    p.add_argument("--report-only", action="store_true", help="only re-render the report from the results")
+    p.add_argument("--report-only", nargs="?", const=RESULTS, metavar="JSON",
+                   help="only re-render the report from the results (e.g. docs/bench-scale.json)")
     p.add_argument("--out", default=os.path.join(ROOT, "docs"), help="where bench-scale.md and the charts go")
     p.add_argument("--tmp", default="/var/tmp", help="parent of the work dir (a disk: N x F bytes)")
     p.add_argument("--profile", metavar="DIR", help="our nodes under cProfile (bench/profile_node.py)")
@@ -267,7 +287,7 @@ def main(argv=None):
     import scale_report
     a = parse_args(argv)
     if a.report_only:
-        return scale_report.render(RESULTS, a.out)
+        return scale_report.render(a.report_only, a.out)
     run.preflight(a.impl)
     if shutil.which("tc") is None:
         raise SystemExit("scale: needs tc (iproute2): apt-get install -y iproute2")
@@ -300,6 +320,8 @@ def main(argv=None):
                 for k in range(a.runs):
                     for impl in a.impl:
                         r = swarm_run(lab_, seed, ws, impl, py, workdir, logdir, f"{name}-{impl}-{k + 1}")
+                        if r is None:
+                            continue
                         r.update(scenario_info=asdict(ws), date=time.strftime("%Y-%m-%d %H:%M"),
                                  label=a.label.get(impl, impl))
                         results.append(r)
@@ -307,6 +329,7 @@ def main(argv=None):
             os.unlink(seed.path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    shutil.copy(RESULTS, os.path.join(a.out, "bench-scale.json"))  # the runs behind the report
     return scale_report.render(RESULTS, a.out)
 
 
