@@ -19,6 +19,7 @@ from scenarios import SCENARIOS, human
 GOAL_RATIO = {"S1": 0.6}  # ours/libtorrent from the barrier (issues 4, 14); 0.5 for the others
 GOAL_RATIO_DEFAULT = 0.5
 GOAL_SPAWN_RATIO = 0.8  # ours/libtorrent from spawn, start-up included (issue 14)
+GOAL_TLS_RATIO = {"S1": 1.5}  # ours-tls/ours from the barrier, same run (issue 12)
 
 
 def _git(root, *args):
@@ -120,6 +121,7 @@ def markdown(data):
     L += ["", "**bound** = bytes that must move (what every node lacks, summed) ÷ the two-thread ideal "
           "pipeline's throughput (with its fsync) measured in the same run: no swarm on this machine can "
           "finish sooner. Goal (issue 4): ours/bound ≤ 2 for S2–S4.", ""]
+    L += tls_rows(agg)
     if pipe:
         L += ["## Ideal pipeline (1 GiB over TCP between two hosts, SHA-1 per 256 KiB piece, pwrite, fsync)", "",
               "| version | to last pwrite | with fsync | throughput (with fsync) |", "|---|---|---|---|"]
@@ -182,6 +184,27 @@ def markdown(data):
     return "\n".join(L)
 
 
+def tls_rows(agg):
+    """TLS on vs off: our node in a closed swarm (mutual TLS, no sendfile) next to the open one."""
+    rows = [(sc, by["ours"], by["ours-tls"]) for sc, by in agg.items() if "ours" in by and "ours-tls" in by]
+    if not rows:
+        return []
+    L = ["## TLS on vs off (our node)", "",
+         "**ours-tls**: the same node in a closed swarm (`--tls-cert/--tls-key/--tls-ca`, TLS 1.3, one "
+         "member certificate of a CA made for the run), in the same runs as **ours** (open mode). "
+         "Through TLS a piece is read into a buffer, encrypted and sent; open mode sends it with "
+         "`sendfile` straight from the page cache. CPU = all processes, user + system.", "",
+         "| scenario | sync open | sync TLS | TLS/open | goal | CPU open | CPU TLS | peak RSS open | peak RSS TLS |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for sc, o, t in rows:
+        goal = GOAL_TLS_RATIO.get(sc)
+        L.append(f"| {sc} | {_fmt(o['sync_s'])} | {_fmt(t['sync_s'])} | "
+                 f"{t['sync_s'][0] / o['sync_s'][0]:.2f} | {f'≤ {goal}' if goal else '–'} | "
+                 f"{_fmt(o['cpu_s'])} | {_fmt(t['cpu_s'])} | {_fmt(o['peak_rss_mb'], 0)} | "
+                 f"{_fmt(t['peak_rss_mb'], 0)} |")
+    return L + [""]
+
+
 def chart(data, path):
     """Grouped bars per scenario (ours, libtorrent; min–max as error bars), the bound as a tick."""
     import matplotlib
@@ -191,8 +214,8 @@ def chart(data, path):
 
     agg, pipe = aggregate(data)
     names = list(agg)
-    impls = [i for i in ("ours", "libtorrent") if any(i in agg[s] for s in names)]
-    colors = {"ours": "#2b7bba", "libtorrent": "#e08a2c"}
+    impls = [i for i in ("ours", "ours-tls", "libtorrent") if any(i in agg[s] for s in names)]
+    colors = {"ours": "#2b7bba", "ours-tls": "#7fb3dc", "libtorrent": "#e08a2c"}
     width = 0.8 / max(1, len(impls))
     fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
     for k, impl in enumerate(impls):

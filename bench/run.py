@@ -1,6 +1,6 @@
 """Benchmark: our node vs libtorrent on an emulated LAN, plus the machine's ideal pipeline.
 
-    python3 bench/run.py [--scenarios S1,S5] [--runs 3] [--impl ours,libtorrent] [--out DIR]
+    python3 bench/run.py [--scenarios S1,S5] [--runs 3] [--impl ours,libtorrent,ours-tls] [--out DIR]
 
 What lives here: the command line, the barrier and timing of one swarm run, the ideal-pipeline runs,
 and the order of everything. Namespaces: lab.py. Files and layouts: scenarios.py. Tables and the
@@ -47,7 +47,9 @@ PIPE_SIZE = 1 * GiB  # the ideal pipeline moves this much, in 256 KiB pieces (is
 PIPE_PIECE = 256 << 10
 PIPE_RUNS = 3  # per pipeline variant; the median is used
 QUIET_LOAD = 1.5  # loadavg(1 min) below which the machine counts as quiet
-IMPLS = ("ours", "libtorrent")
+IMPLS = ("ours", "libtorrent", "ours-tls")
+TLS_SCENARIOS = ("S1", "S2")  # ours-tls runs only here by default: the bulk-transfer cost of TLS
+CERTS = None  # the work dir's certificates for ours-tls (scripts/certs.sh, once per bench run)
 BASELINE = None  # --baseline DIR: impl "baseline" is our node from DIR (another checkout's solution/)
 
 
@@ -57,14 +59,17 @@ PROFILE_DIR = None  # --profile DIR: our nodes run under cProfile (profile_node.
 
 def node_cmd(impl, py, data, conf, ip):
     """(argv, cwd) of one node on one host."""
-    if impl in ("ours", "baseline"):
+    if impl in ("ours", "ours-tls", "baseline"):
         # profile_node.py and gate.py run the node from $BENCH_SOLUTION (baseline: --baseline DIR)
         run = [py, os.path.join(HERE, "profile_node.py" if PROFILE_DIR else "gate.py")]
         if impl == "baseline":
             run = ["env", f"BENCH_SOLUTION={BASELINE}", *run]
+        if impl == "ours-tls":  # one shared member certificate, as a scaled service would use
+            run += ["--tls-cert", os.path.join(CERTS, "member.pem"),
+                    "--tls-key", os.path.join(CERTS, "member.key"), "--tls-ca", os.path.join(CERTS, "ca.pem")]
         return run + ["--data", data, "--conf", conf, "--state", data + ".state.json",
                 "--bind", ip, "--port", str(PORT), "--discovery", "off",
-                "--log-level", NODE_LOG_LEVEL], SOLUTION if impl == "ours" else BASELINE
+                "--log-level", NODE_LOG_LEVEL], BASELINE if impl == "baseline" else SOLUTION
     return [py, os.path.join(HERE, "lt_node.py"), "--data", data, "--conf", conf,
             "--bind", ip, "--port", str(PORT)], HERE
 
@@ -307,7 +312,10 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list, e.g. S1,S5")
     p.add_argument("--runs", type=int, default=3, help="timed runs per scenario and implementation")
-    p.add_argument("--impl", default=",".join(IMPLS), help="ours,libtorrent (and baseline, with --baseline)")
+    p.add_argument("--impl", default=",".join(IMPLS), help="ours,libtorrent,ours-tls (and baseline, with "
+                   "--baseline); ours-tls is our node in a closed swarm (mutual TLS)")
+    p.add_argument("--tls-scenarios", default=",".join(TLS_SCENARIOS),
+                   help="scenarios ours-tls runs in (comma list, or 'all')")
     p.add_argument("--baseline", metavar="DIR", help="impl 'baseline': our node from DIR (e.g. a worktree's "
                    "solution/), for before/after comparisons in one run")
     p.add_argument("--no-pipeline", action="store_true", help="skip the ideal-pipeline runs")
@@ -322,6 +330,8 @@ def parse_args(argv):
     a = p.parse_args(argv)
     a.scenarios = [s.strip().upper() for s in a.scenarios.split(",") if s.strip()]
     a.impl = [s.strip() for s in a.impl.split(",") if s.strip()]
+    a.tls_scenarios = (set(SCENARIOS) if a.tls_scenarios.strip().lower() == "all" else
+                       {s.strip().upper() for s in a.tls_scenarios.split(",") if s.strip()})
     for s in a.scenarios:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s} (have {', '.join(SCENARIOS)})")
@@ -338,6 +348,8 @@ def preflight(impls):
         raise SystemExit("bench: needs root (network namespaces); run as root or with sudo")
     if shutil.which("ip") is None:
         raise SystemExit("bench: needs iproute2 (`ip`); apt-get install iproute2")
+    if "ours-tls" in impls and shutil.which("openssl") is None:
+        raise SystemExit("bench: ours-tls needs openssl (scripts/certs.sh); apt-get install openssl")
     if "libtorrent" in impls:
         r = subprocess.run([sys.executable, "-c", "import libtorrent; print(libtorrent.__version__)"],
                            capture_output=True, text=True)
@@ -346,12 +358,20 @@ def preflight(impls):
                              f"({sys.executable}): {r.stderr.strip().splitlines()[-1:]}")
 
 
+def make_certs(workdir):
+    """A fresh swarm CA and a member certificate in the work dir, for ours-tls."""
+    certs = os.path.join(workdir, "certs")
+    subprocess.run(["bash", os.path.join(ROOT, "scripts", "certs.sh"), certs], check=True,
+                   stdout=subprocess.DEVNULL, timeout=60)
+    return certs
+
+
 def _interrupted(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv=None):
-    global NODE_LOG_LEVEL, PROFILE_DIR, BASELINE
+    global NODE_LOG_LEVEL, PROFILE_DIR, BASELINE, CERTS
     a = parse_args(argv)
     NODE_LOG_LEVEL = a.node_log_level
     BASELINE = os.path.abspath(a.baseline) if a.baseline else None
@@ -380,6 +400,8 @@ def main(argv=None):
     results, pipes = [], {1: [], 2: []}
     try:
         print(f"bench: work dir {workdir} ({report.fs_type(workdir)}); logs in {logdir}", flush=True)
+        if "ours-tls" in a.impl:
+            CERTS = make_certs(workdir)
         with lab.Lab(max([2] + [sc.nodes for sc in scs])) as lab_:
             if not a.no_pipeline:
                 for _ in range(PIPE_RUNS):
@@ -390,6 +412,8 @@ def main(argv=None):
                 seed = Seed(sc, workdir)
                 for run in range(a.runs):
                     for impl in a.impl:  # interleaved, so drift in the machine hits both alike
+                        if impl == "ours-tls" and sc.name not in a.tls_scenarios:
+                            continue
                         results.append(swarm_run(lab_, seed, impl, py, workdir, logdir,
                                                  f"{sc.name}-{impl}-{run + 1}"))
                 results_bytes = seed.bytes_to_move()

@@ -33,6 +33,7 @@ IDLE_TIMEOUT_S = 20.0  # no frame at all from the peer this long, nothing pendin
 MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
 SEND_STALL_S = 10.0  # a peer that takes none of what we send for this long is gone
 CLEANUP_WAIT_S = 1.0  # the writer and verifier get this long to end with the link
+FAIR_FRAMES = 256  # a reader whose peer always has frames ready yields after this many in a row
 RCVLOWAT_MAX = 32 << 10  # piece data wakes the reader per this many bytes (more: the window may clamp)...
 RCVLOWAT_BELOW_RATE = 8 << 20  # ...on a link measured slower than this (bytes/s); a LAN wakes as before
 
@@ -59,6 +60,9 @@ class Conn:
         self.budget = Budget(now)  # what this peer may cost us
         self._drained = Event()  # the writer set it: replies fell below half the budget
         self._throttled = set()  # why we slowed this peer ("replies", "work"): logged once each
+        self._loop = gevent.get_hub().loop
+        self._turn = None  # the loop's time when the reader last saw it: unchanged = we never waited
+        self._frames_at = 0  # session.frames_in when the reader last waited or yielded
         self._queue = Queue()  # the writer's: frames, (first, count) to serve, _KICK
         self._kicked = False
         self._verify_q = Queue()  # (chunk, pool job) in arrival order; bounded by chunk buffers
@@ -146,7 +150,7 @@ class Conn:
                 if not n:
                     raise EOFError("peer closed the connection")
                 s.received(n, time.monotonic())
-                gevent.sleep(0)  # a peer that always has bytes for us must not keep the others waiting
+                self._share_time()
             elif ev is NEED_BUFFER:
                 buf = self.hub.take_buffer(self.ending)  # waits while the node has enough in flight
                 if buf is None:
@@ -156,6 +160,15 @@ class Conn:
             else:
                 return ev
 
+    def _share_time(self):
+        """Yield after FAIR_FRAMES frames read without waiting, so a flooding peer cannot starve
+        the rest; counted in frames, not time, so a fast link's few large frames rarely yield."""
+        turn, frames = self._loop.now(), self.session.frames_in
+        if turn != self._turn:  # the loop ran since we last looked: we waited
+            self._turn, self._frames_at = turn, frames
+        elif frames - self._frames_at >= FAIR_FRAMES:
+            gevent.sleep(0)
+            self._turn, self._frames_at = self._loop.now(), frames
     def _set_lowat(self, n):
         """Wake the reader only once n bytes are in (n never exceeds what the peer is sending):
         on a capped link packets arrive one by one, and a wake-up per packet cost 10x the CPU."""

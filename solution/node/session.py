@@ -131,6 +131,7 @@ class Session:
         self.sent_peers = set()
         self.peers_version = -1  # the version of the node's peer list at our last PEERS
         self.last_rx = now
+        self.frames_in = 0  # frames read from the peer, of every kind
         self.last_data = None  # when piece data last arrived (None: never)
         self.rate = None  # piece bytes/s on this link, over the last window (None: not measured)
         self._rate_bytes, self._rate_since = 0, now
@@ -216,6 +217,7 @@ class Session:
                     return NEED_DATA
                 kind, n = wire.decode_header(self._take(wire.HEADER.size))
                 self._check(kind)
+                self.frames_in += 1
                 self._kind, self._n = kind, (wire.RANGE.size if kind == wire.PIECES else n)
                 self._pieces_bytes = n - wire.RANGE.size
             if self._end - self._pos < self._n:

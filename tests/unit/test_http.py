@@ -140,7 +140,7 @@ def _imports_after_start(tmp_path, torrent_factory, extra):
     """Start a real node in a fresh interpreter; which HTTP modules did it import?"""
     conf = tmp_path / "c.json"
     conf.write_text(json.dumps(torrent_factory(1000, 100).conf([])))
-    code = ("import sys; from node.__main__ import _patch_all; _patch_all(); "
+    code = ("import sys; "
             "from node import config, main; "
             f"n = main.Node(config.load(sys.argv[1:], {{}})); n.start(); "
             "print(sorted(m for m in ('prometheus_client', 'gevent.pywsgi') if m in sys.modules)); "
