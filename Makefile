@@ -28,6 +28,7 @@ help:
 	@echo "make stack-up N=30      the same as a Docker Swarm mode stack, peers found by DNS"
 	@echo "make stack-down         remove the stack (and the swarm, if stack-up created it)"
 	@echo "make certs DIR=certs N=3  a CA and member certificates for a closed swarm (openssl)"
+	@echo "make bench-scale        hundreds of nodes on capped links vs the floor (root; docs/bench-scale.md)"
 
 $(VENV_STAMP): solution/requirements.txt tests/requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -114,3 +115,12 @@ $(BENCH_VENV)/.installed: bench/requirements.txt solution/requirements.txt
 .PHONY: bench
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# -- scale bench: hundreds of nodes on capped links vs the distribution-time floor (bench/README.md, Scale)
+SCALE_ARGS ?=
+
+.PHONY: bench-scale
+bench-scale: $(BENCH_VENV)/.installed
+	@command -v tc >/dev/null || apt-get install -y iproute2
+	$(BENCH_VENV)/bin/python bench/shape.py check --mbit 20
+	$(BENCH_VENV)/bin/python bench/scale.py $(SCALE_ARGS)

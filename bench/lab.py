@@ -51,48 +51,57 @@ def _ip(*args, stdin=None):
     return r.stdout
 
 
-def our_namespaces():
+def our_namespaces(prefix=PREFIX):
     """Names of existing namespaces that carry the lab's prefix (ours, maybe from a crashed run)."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                          timeout=IP_TIMEOUT_S).stdout
     names = (line.split()[0] for line in out.splitlines() if line.strip())
-    return [n for n in names if n.startswith(PREFIX)]
+    return [n for n in names if n.startswith(prefix)]
 
 
-def delete_namespaces(names):
-    """Delete the given namespaces (all must carry PREFIX); errors are collected, not raised."""
+def delete_namespaces(names, prefix=PREFIX):
+    """Delete the given namespaces (all must carry `prefix`); errors are collected, not raised."""
     errors = []
     for name in names:
-        assert name.startswith(PREFIX), name  # never delete anything that is not ours
+        assert name.startswith(prefix), name  # never delete anything that is not ours
         r = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True,
                            timeout=IP_TIMEOUT_S)
-        if r.returncode != 0 and name in our_namespaces():
+        if r.returncode != 0 and name in our_namespaces(prefix):
             errors.append(f"{name}: {r.stderr.strip()}")
     return errors
 
 
-def cleanup_leftovers():
+def cleanup_leftovers(prefix=PREFIX):
     """Delete namespaces a previous run left behind (it was killed before its own cleanup)."""
-    left = our_namespaces()
+    left = our_namespaces(prefix)
     if left:
-        print(f"lab: deleting {len(left)} leftover namespaces with prefix {PREFIX}")
-        delete_namespaces(left)
+        print(f"lab: deleting {len(left)} leftover namespaces with prefix {prefix}")
+        delete_namespaces(left, prefix)
 
 
 class Lab:
-    """`with Lab(n) as lab:` -> hosts lab.ns[i] with address lab.ip[i], all on one bridge."""
+    """`with Lab(n) as lab:` -> hosts lab.ns[i] with address lab.ip[i], all on one bridge.
+    A subclass may set another prefix, address plan and size (bench/shape.py's ScaleLab)."""
+
+    prefix = PREFIX
+    max_hosts = MAX_HOSTS
+    prefix_len = 24  # of the lab's subnet
 
     def __init__(self, n):
-        if not 1 <= n <= MAX_HOSTS:
-            raise ValueError(f"1..{MAX_HOSTS} hosts, not {n}")
+        if not 1 <= n <= self.max_hosts:
+            raise ValueError(f"1..{self.max_hosts} hosts, not {n}")
         self.n = n
-        self.ns = [f"{PREFIX}h{i}" for i in range(n)]
-        self.ip = [f"{SUBNET}.{i + FIRST_HOST}" for i in range(n)]
+        self.bridge_ns = self.prefix + "br"
+        self.ns = [f"{self.prefix}h{i}" for i in range(n)]
+        self.ip = [self.address(i) for i in range(n)]
         self.mac = [f"02:77:00:00:{i >> 8:02x}:{i & 255:02x}" for i in range(n)]
         self._created = []
 
+    def address(self, i):
+        return f"{SUBNET}.{i + FIRST_HOST}"
+
     def __enter__(self):
-        cleanup_leftovers()
+        cleanup_leftovers(self.prefix)
         try:
             self._build()
         except BaseException:
@@ -108,7 +117,7 @@ class Lab:
         self._created.append(name)
 
     def _build(self):
-        for name in [BRIDGE_NS] + self.ns:
+        for name in [self.bridge_ns] + self.ns:
             self._add_ns(name)
             # Before the veths arrive, so they are born without IPv6 (new devices take the defaults).
             subprocess.run(["ip", "netns", "exec", name, "sysctl", "-q", "-w",
@@ -120,24 +129,24 @@ class Lab:
         for i, name in enumerate(self.ns):
             cmds += [f"link add v{i} type veth peer name eth0 address {self.mac[i]} netns {name}",
                      f"link set v{i} master br0", f"link set v{i} up"]
-        _ip("-n", BRIDGE_NS, "-batch", "-", stdin="\n".join(cmds) + "\n")
+        _ip("-n", self.bridge_ns, "-batch", "-", stdin="\n".join(cmds) + "\n")
         for i, (name, addr) in enumerate(zip(self.ns, self.ip)):
-            cmds = ["link set lo up", f"addr add {addr}/24 dev eth0", "link set eth0 up"]
+            cmds = ["link set lo up", f"addr add {addr}/{self.prefix_len} dev eth0", "link set eth0 up"]
             cmds += [f"neigh replace {ip} lladdr {mac} dev eth0 nud permanent"
                      for j, (ip, mac) in enumerate(zip(self.ip, self.mac)) if j != i]
             _ip("-n", name, "-batch", "-", stdin="\n".join(cmds) + "\n")
 
     def hold(self):
         """Switch the LAN off: from now on nothing crosses between hosts (until release)."""
-        _ip("-n", BRIDGE_NS, "link", "set", "br0", "down")
+        _ip("-n", self.bridge_ns, "link", "set", "br0", "down")
 
     def release(self):
         """Switch the LAN on (T0): without STP every port forwards at once."""
-        _ip("-n", BRIDGE_NS, "link", "set", "br0", "up")
+        _ip("-n", self.bridge_ns, "link", "set", "br0", "up")
 
     def port_counters(self):
         """{host index: (frames the host sent to the bridge, frames the bridge sent the host)}."""
-        links = json.loads(_ip("-n", BRIDGE_NS, "-s", "-j", "link", "show"))
+        links = json.loads(_ip("-n", self.bridge_ns, "-s", "-j", "link", "show"))
         out = {}
         for ln in links:
             name = ln.get("ifname", "")
@@ -149,7 +158,7 @@ class Lab:
     def close(self):
         """Delete every namespace this lab created (hosts first, then the bridge)."""
         names, self._created = list(reversed(self._created)), []
-        errors = delete_namespaces(names)
+        errors = delete_namespaces(names, self.prefix)
         if errors:
             print("lab: could not delete: " + "; ".join(errors))
 

@@ -13,6 +13,7 @@ close() works from any greenlet: it records the Reason, shuts the socket down (r
 return at once) and sets `ending` (a wait for a chunk buffer returns); the reader cleans up.
 """
 
+import socket
 import time
 
 import gevent
@@ -33,6 +34,8 @@ MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
 SEND_STALL_S = 10.0  # a peer that takes none of what we send for this long is gone
 CLEANUP_WAIT_S = 1.0  # the writer and verifier get this long to end with the link
 FAIR_FRAMES = 256  # a reader whose peer always has frames ready yields after this many in a row
+RCVLOWAT_MAX = 32 << 10  # piece data wakes the reader per this many bytes (more: the window may clamp)...
+RCVLOWAT_BELOW_RATE = 8 << 20  # ...on a link measured slower than this (bytes/s); a LAN wakes as before
 
 _KICK = object()  # in the writer's queue: announce, share peers, top up requests
 
@@ -66,6 +69,8 @@ class Conn:
         self._verifying = 0
         self._buffers_out = 0  # chunk buffers taken from the hub, not given back yet
         self._writer = self._verifier = None
+        # SO_RCVLOWAT on plain TCP only: through TLS, raw bytes and plaintext differ in count
+        self._lowat = 1 if zero_copy else None
 
     @property
     def name(self):
@@ -137,7 +142,11 @@ class Conn:
             if ev is NEED_DATA:
                 if self.reason is not None:  # closed from elsewhere: data may still sit in the socket
                     raise Closed(self.reason, self.detail)
-                n = self.sock.recv_into(s.recv_view())
+                view = s.recv_view()
+                if self._lowat is not None:
+                    slow = s.rate is not None and s.rate < RCVLOWAT_BELOW_RATE
+                    self._set_lowat(min(len(view), RCVLOWAT_MAX) if slow and s.into_chunk else 1)
+                n = self.sock.recv_into(view)
                 if not n:
                     raise EOFError("peer closed the connection")
                 s.received(n, time.monotonic())
@@ -160,6 +169,15 @@ class Conn:
         elif frames - self._frames_at >= FAIR_FRAMES:
             gevent.sleep(0)
             self._turn, self._frames_at = self._loop.now(), frames
+    def _set_lowat(self, n):
+        """Wake the reader only once n bytes are in (n never exceeds what the peer is sending):
+        on a capped link packets arrive one by one, and a wake-up per packet cost 10x the CPU."""
+        if n != self._lowat:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+                self._lowat = n
+            except (OSError, AttributeError):
+                self._lowat = None  # not supported here: one wake-up per packet, as before
 
     def _within_budget(self, ev):
         """Wait, reading nothing more from this peer, while what it cost us is over its budget."""

@@ -19,6 +19,7 @@ from .state import Source
 REQUEST_BYTES_MIN = 1 << 20  # a REQUEST asks for a run of pieces this big at least...
 REQUEST_BYTES_MAX = 4 << 20  # ...and at most; in between, what is left shared among the links
 PIPELINE_REQUESTS = 3  # requests kept outstanding per peer, so the link never idles
+REQUEST_QUEUE_S = 2.0  # and no request bigger than this long at the link's rate (one piece at least)
 PACE_SLICE_BYTES = 64 << 10  # with an upload limit, piece data goes out in slices this big
 
 
@@ -95,7 +96,7 @@ class Hub:
         """Up to n runs of pieces to request from this peer, claimed, as (first, count) pairs.
         The run size and the swarm's availability are worked out once for all n."""
         s = self.state
-        swarm, max_count = self.swarm.availability(), max(1, self._request_bytes() // s.info.piece_size)
+        swarm, max_count = self.swarm.availability(), max(1, self._request_bytes(session) // s.info.piece_size)
         got, mine = [], session.mine_bits
         while len(got) < n:
             run = picker.pick(s.missing, s.requested, session.peer_has, swarm, s.rng, max_count, mine=mine,
@@ -109,13 +110,18 @@ class Hub:
         s.count("requests_sent", len(got))
         return got
 
-    def _request_bytes(self):
+    def _request_bytes(self, session):
         """Few peers and much left (1 GiB from one seeder): big runs, as per-frame costs dominate.
-        Many peers or little left: small ones, so the work spreads over every peer that has it."""
+        Many peers or little left: small ones, so the work spreads over every peer that has it.
+        A slow link (a capped uplink shared by many): runs it moves in REQUEST_QUEUE_S, so its
+        claims stay short and pieces reach the next peer soon."""
         s = self.state
         left = (s.missing & ~s.requested).bit_count() * s.info.piece_size
         share = left // (PIPELINE_REQUESTS * max(1, len(s.conns)))
-        return min(REQUEST_BYTES_MAX, max(REQUEST_BYTES_MIN, share))
+        nbytes = min(REQUEST_BYTES_MAX, max(REQUEST_BYTES_MIN, share))
+        if session.rate is not None:
+            nbytes = min(nbytes, max(s.info.piece_size, int(session.rate * REQUEST_QUEUE_S)))
+        return nbytes
 
     def release(self, bits):
         """Claimed pieces that will not come from this link (rejected, timed out, link gone)."""

@@ -31,6 +31,8 @@ MAX_PEER_REQUESTS = 64  # unanswered requests a peer may have with us before we 
 MAX_SERVE_BYTES = 64 << 20  # largest single REQUEST we serve (one max-size piece)
 REQUEST_TIMEOUT_S = 4.0  # plus REQUEST_TIMEOUT_PER_MB_S per MiB, as Kraken scales piece deadlines
 REQUEST_TIMEOUT_PER_MB_S = 4.0
+REQUEST_STALL_S = 8.0  # a late request ends the link only if no piece data came for this long either
+RATE_WINDOW_S = 1.0  # the link's piece-data rate is measured over windows this long
 HAVE_RUNS_MAX = 64  # beyond this many HAVE frames, one BITFIELD is cheaper
 NO_INFO_PIECES = 1 << 22  # range bound while the file is unknown (config.MAX_PIECES)
 
@@ -130,6 +132,9 @@ class Session:
         self.peers_version = -1  # the version of the node's peer list at our last PEERS
         self.last_rx = now
         self.frames_in = 0  # frames read from the peer, of every kind
+        self.last_data = None  # when piece data last arrived (None: never)
+        self.rate = None  # piece bytes/s on this link, over the last window (None: not measured)
+        self._rate_bytes, self._rate_since = 0, now
         # the receive path
         self._buf = bytearray(READ_AHEAD)
         self._pos = self._end = 0  # unread bytes of _buf
@@ -171,13 +176,26 @@ class Session:
             self._buf = buf = grown
         return memoryview(buf)[self._end:max(self._want, READ_AHEAD)]
 
+    @property
+    def into_chunk(self):
+        """The last recv_view() was the chunk buffer: piece data, its remaining length known."""
+        return self._into_chunk
+
     def received(self, n, now):
         """n bytes were written into the last recv_view()."""
         if self._into_chunk:
             self._chunk[1] += n
+            self._data_in(n, now)
         else:
             self._end += n
         self.last_rx = now
+
+    def _data_in(self, n, now):
+        self.last_data = now
+        self._rate_bytes += n
+        if now - self._rate_since >= RATE_WINDOW_S:
+            self.rate = self._rate_bytes / (now - self._rate_since)
+            self._rate_bytes, self._rate_since = 0, now
 
     def give_buffer(self, buf):
         """The buffer for the next chunk of piece data (after NEED_BUFFER)."""
@@ -276,6 +294,7 @@ class Session:
         take = min(size - filled, self._end - self._pos)
         if take:  # what the read-ahead holds already
             buf[filled:filled + take] = self._take(take)
+            self._data_in(take, self.last_rx)
             filled = self._chunk[1] = filled + take
         if filled < size:
             return NEED_DATA
@@ -413,7 +432,11 @@ class Session:
 
     # -- time ---------------------------------------------------------------------------------
     def overdue(self, now):
-        """A request of ours whose data has not started arriving by its deadline."""
+        """A request of ours whose data has not started arriving by its deadline, on a link that
+        brought no piece data for REQUEST_STALL_S either: the peer serves a link's requests in
+        order, and on a capped uplink shared by many links a queued request waits its turn."""
+        if self.last_data is not None and now - self.last_data < REQUEST_STALL_S:
+            return False
         return any(deadline < now for first, (_, deadline) in self.mine.items() if first not in self.arrived)
 
     def close(self):
