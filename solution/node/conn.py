@@ -144,8 +144,7 @@ class Conn:
                     raise Closed(self.reason, self.detail)
                 view = s.recv_view()
                 if self._lowat is not None:
-                    slow = s.rate is not None and s.rate < RCVLOWAT_BELOW_RATE
-                    self._set_lowat(min(len(view), RCVLOWAT_MAX) if slow and s.into_chunk else 1)
+                    self._set_lowat(view)
                 n = self.sock.recv_into(view)
                 if not n:
                     raise EOFError("peer closed the connection")
@@ -169,9 +168,13 @@ class Conn:
         elif frames - self._frames_at >= FAIR_FRAMES:
             gevent.sleep(0)
             self._turn, self._frames_at = self._loop.now(), frames
-    def _set_lowat(self, n):
-        """Wake the reader only once n bytes are in (n never exceeds what the peer is sending):
-        on a capped link packets arrive one by one, and a wake-up per packet cost 10x the CPU."""
+
+    def _set_lowat(self, view):
+        """On a slow link, wake the reader only once part of the piece data for view is in (never
+        more than the peer is sending): packets arrive one by one, and a wake-up each cost 10x the CPU."""
+        s = self.session
+        slow = s.rate is not None and s.rate < RCVLOWAT_BELOW_RATE
+        n = min(len(view), RCVLOWAT_MAX) if slow and s.into_chunk else 1
         if n != self._lowat:
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
