@@ -96,6 +96,12 @@ def write_files(d, size, piece, peers):
     return data_path, conf_path
 
 
+def compile_tree(py, solution):
+    """Byte-compile a solution tree as the image's `compileall` step does: a shell with
+    PYTHONDONTWRITEBYTECODE would otherwise make every node compile its modules (~8 ms)."""
+    subprocess.run([py, "-m", "compileall", "-q", os.path.join(solution, "node")], check=True)
+
+
 def one_node(impl, py, data, conf):
     """(CPU s, wall s) from spawn to listening for one node on loopback."""
     t0 = time.monotonic()
@@ -201,6 +207,8 @@ def main():
     impls = [s for s in a.impl.split(",") if s]
     size, piece = parse_size(a.size), parse_size(a.piece)
     sys.path.insert(0, os.path.join(ROOT, "solution"))
+    for sol in [os.path.join(ROOT, "solution")] + a.solution:
+        compile_tree(a.python, sol)
     print(f"load {os.getloadavg()[0]:.2f}; python {a.python}")
     with tempfile.TemporaryDirectory(prefix="p2pb-startup-", dir="/var/tmp") as d:
         if a.serve:
