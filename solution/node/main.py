@@ -198,6 +198,9 @@ class Node:
 
 def run(config):
     """Run a node until SIGTERM/SIGINT; returns the process exit code."""
+    # The hub formats greenlet context in error reports with pprint.saferepr by default, and
+    # importing pprint (dataclasses, inspect, ast) costs 6 ms of start-up; reprlib is loaded already.
+    gevent.config.set("format_context", "reprlib.repr")
     log.configure(config.log_level)
     try:
         node = Node(config)

@@ -12,18 +12,17 @@ they go (write-behind), so that the fsync at completion is short.
 import collections
 import hashlib
 import os
+import queue
+import threading
 import time
 
 import gevent
-from gevent import monkey
+from gevent.event import AsyncResult
 from gevent.lock import Semaphore
-from gevent.threadpool import ThreadPool
 from gevent.socket import wait_write
 
 from . import log
 from .picker import runs, span_bits
-
-_os_lock = monkey.get_original("_thread", "allocate_lock")
 
 SCAN_BATCH_BYTES = 1 << 20  # verify the existing file in 1 MiB steps, publishing pieces as they pass
 SCAN_THREADS = 2  # batches checked at once: hashing runs on both cores
@@ -93,6 +92,49 @@ def machine_busy(own_threads=1):
     return running - own_threads > 2 * CPUS
 
 
+class Workers:
+    """A few OS threads for blocking file work; each job's result comes back on the event loop.
+    gevent's ThreadPool does the same, but importing it costs a node 8 ms of start-up (pprint,
+    dataclasses, inspect), an eighth of the whole. Threads start with the first job."""
+
+    def __init__(self, size, name):
+        self.size = size
+        self._name = name
+        self._jobs = queue.SimpleQueue()
+        self._loop = gevent.get_hub().loop
+        self._threads = []
+
+    def spawn(self, fn, *args):
+        """Run fn(*args) on a thread -> an AsyncResult (ready(), get()) set on the event loop."""
+        if not self._threads:
+            self._threads = [threading.Thread(target=self._work, name=f"{self._name}-{i}", daemon=True)
+                             for i in range(self.size)]
+            for t in self._threads:
+                t.start()
+        result = AsyncResult()
+        self._jobs.put((result, fn, args))
+        return result
+
+    def apply(self, fn, args):
+        return self.spawn(fn, *args).get()
+
+    def kill(self):
+        """Let the threads end once the jobs queued before have run (daemons: exit never waits)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        self._threads = []
+
+    def _work(self):
+        while (job := self._jobs.get()) is not None:
+            result, fn, args = job
+            try:
+                value = fn(*args)
+            except BaseException as e:  # noqa: BLE001 - raised again by get(), on the loop
+                self._loop.run_callback_threadsafe(result.set_exception, e)
+            else:
+                self._loop.run_callback_threadsafe(result.set, value)
+
+
 class _Done:
     """What _submit returns when it did the work itself: .get() gives the result, or raises
     what the work raised (a failed pwrite), as a pool job's .get() would."""
@@ -140,8 +182,8 @@ class Storage:
         self.fd = None
         self.size_before = 0  # bytes the file held before we sized it; beyond that it is zeros...
         self.written = 0  # ...except for pieces we wrote since (bitset)
-        # Pool threads share these: real OS locks, not gevent's (monkey-patched threading.Lock).
-        self._lock = _os_lock()  # bookkeeping of what was written
+        # Worker threads share these: an OS lock (nothing is monkey-patched).
+        self._lock = threading.Lock()  # bookkeeping of what was written
         self._dirty = 0  # bytes written since the last fsync
         self._syncer = None
         chunk = min(CHUNK_BYTES_MAX, max(CHUNK_BYTES, info.size // 256))
@@ -152,9 +194,9 @@ class Storage:
         self._slots = Semaphore(CHUNKS_IN_FLIGHT)
         self._busy, self._busy_until = False, 0.0
         # Its own small pool: more threads only take turns, and pwrites to one file contend on its inode.
-        self._pool = ThreadPool(min(CPUS, 2))
+        self._pool = Workers(min(CPUS, 2), "storage")
         # fsync waits on the disk: on its own thread, it never holds a hashing thread.
-        self._flusher = ThreadPool(1)
+        self._flusher = Workers(1, "fsync")
         # A small file is flushed once, at completion: writing behind would only add calls.
         self._write_behind = write_behind if info.size >= FSYNC_MIN_BYTES else None
 
