@@ -92,7 +92,8 @@ class Conn:
             self.kick()
             while True:
                 ev = self._next_event()
-                self._within_budget(ev)
+                if type(ev) is not Chunk:  # piece data was asked for; the budget is for the rest
+                    self._within_budget(ev)
                 self._on_event(ev)
         except wire.WireError as e:
             self.close(Reason.PROTOCOL, str(e))
@@ -143,7 +144,7 @@ class Conn:
                 if self.reason is not None:  # closed from elsewhere: data may still sit in the socket
                     raise Closed(self.reason, self.detail)
                 view = s.recv_view()
-                if self._lowat is not None:
+                if self._lowat is not None and (s.into_chunk or self._lowat != 1):
                     self._set_lowat(view)
                 n = self.sock.recv_into(view)
                 if not n:

@@ -35,6 +35,7 @@ REQUEST_STALL_S = 8.0  # a late request ends the link only if no piece data came
 RATE_WINDOW_S = 1.0  # the link's piece-data rate is measured over windows this long
 HAVE_RUNS_MAX = 64  # beyond this many HAVE frames, one BITFIELD is cheaper
 NO_INFO_PIECES = 1 << 22  # range bound while the file is unknown (config.MAX_PIECES)
+_HEADER, _RANGE = wire.HEADER.size, wire.RANGE.size
 
 NEED_DATA = "NEED_DATA"  # recv into recv_view(), then call received()
 NEED_BUFFER = "NEED_BUFFER"  # a PIECES payload is next: give_buffer() a chunk buffer
@@ -113,6 +114,7 @@ class Session:
         self.meta_id = hello.meta_id
         self.phase = Phase.HANDSHAKE
         self.info, self.full, self.chunk_pieces = None, 0, 1
+        self._limit = NO_INFO_PIECES  # pieces a range may name
         # the peer, from its HELLO
         self.peer_id = None
         self.peer_meta = wire.NO_META
@@ -144,13 +146,14 @@ class Session:
         self._pieces_bytes = 0  # piece data in the PIECES frame being read
         self._pieces = None  # [request first, next piece, end piece] inside a PIECES payload
         self._chunk = None  # [buf, filled, size] the chunk buffer being filled
-        self._into_chunk = False  # recv_view handed out the chunk buffer itself
+        self.into_chunk = False  # the last recv_view() was the chunk buffer: piece data, its length known
         if info is not None:
             self.set_info(info, chunk_pieces)
 
     def set_info(self, info, chunk_pieces=1):
         """The file became known (ours, or learned from a peer): ranges can be checked now."""
         self.info, self.full, self.chunk_pieces = info, (1 << info.n_pieces) - 1, chunk_pieces
+        self._limit = info.n_pieces
         self.peer_has &= self.full
 
     @property
@@ -162,10 +165,10 @@ class Session:
         """Where the next received bytes go: a chunk buffer while piece data is due, else the
         read-ahead, compacted and grown to hold the frame being waited for."""
         if self._chunk is not None and self._pos == self._end:
-            self._into_chunk = True
+            self.into_chunk = True
             buf, filled, size = self._chunk
             return memoryview(buf)[filled:size]
-        self._into_chunk = False
+        self.into_chunk = False
         buf, pos, end = self._buf, self._pos, self._end
         if pos:
             buf[:end - pos] = buf[pos:end]  # same length: allowed while old views exist
@@ -176,14 +179,9 @@ class Session:
             self._buf = buf = grown
         return memoryview(buf)[self._end:max(self._want, READ_AHEAD)]
 
-    @property
-    def into_chunk(self):
-        """The last recv_view() was the chunk buffer: piece data, its remaining length known."""
-        return self._into_chunk
-
     def received(self, n, now):
         """n bytes were written into the last recv_view()."""
-        if self._into_chunk:
+        if self.into_chunk:
             self._chunk[1] += n
             self._data_in(n, now)
         else:
@@ -211,20 +209,24 @@ class Session:
                 if ev is not None:
                     return ev
                 continue
-            if self._kind is None:
-                if self._end - self._pos < wire.HEADER.size:
-                    self._want = wire.HEADER.size
+            pos, kind = self._pos, self._kind
+            if kind is None:
+                if self._end - pos < _HEADER:
+                    self._want = _HEADER
                     return NEED_DATA
-                kind, n = wire.decode_header(self._take(wire.HEADER.size))
+                kind, n = wire.decode_header(self._buf, pos)
                 self._check(kind)
                 self.frames_in += 1
-                self._kind, self._n = kind, (wire.RANGE.size if kind == wire.PIECES else n)
-                self._pieces_bytes = n - wire.RANGE.size
-            if self._end - self._pos < self._n:
-                self._want = self._n
+                pos = self._pos = pos + _HEADER
+                if kind == wire.PIECES:
+                    self._pieces_bytes, n = n - _RANGE, _RANGE
+                self._kind, self._n = kind, n
+            n = self._n
+            if self._end - pos < n:
+                self._want = n
                 return NEED_DATA
-            kind, self._kind = self._kind, None
-            payload = self._take(self._n)
+            self._kind, self._pos = None, pos + n
+            payload = memoryview(self._buf)[pos:pos + n]
             if kind == wire.PIECES:
                 self._start_pieces(*wire.RANGE.unpack(payload))
                 continue
@@ -270,9 +272,8 @@ class Session:
             raise wire.WireError(f"unsolicited {wire.NAMES[kind]}")
 
     def _check_range(self, first, count):
-        limit = self.info.n_pieces if self.info else NO_INFO_PIECES
-        if count < 1 or first + count > limit:
-            raise wire.WireError(f"piece range {first}+{count} outside 0..{limit}")
+        if count < 1 or first + count > self._limit:
+            raise wire.WireError(f"piece range {first}+{count} outside 0..{self._limit}")
 
     def _start_pieces(self, first, count):
         if self.mine.get(first, (None,))[0] != count or first in self.arrived:

@@ -132,9 +132,9 @@ _RANGE_KINDS = {Have: HAVE, Request: REQUEST, Reject: REJECT}
 _RANGE_TYPES = {HAVE: Have, REQUEST: Request, REJECT: Reject}
 
 
-def decode_header(header):
-    """5 header bytes -> (kind, payload length). Checks the kind and its size limit."""
-    length, kind = HEADER.unpack(header)
+def decode_header(buf, offset=0):
+    """The 5 header bytes at buf[offset:] -> (kind, payload length). Checks the kind and its size limit."""
+    length, kind = HEADER.unpack_from(buf, offset)
     if length == 0:
         raise WireError("frame length 0 (no kind byte)")
     if kind not in MAX_PAYLOAD:
@@ -151,6 +151,10 @@ def _exact(kind, payload, n):
 
 def decode_payload(kind, payload):
     """Payload of a frame whose header `decode_header` accepted -> message."""
+    cls = _RANGE_TYPES.get(kind)
+    if cls is not None:  # the frequent kinds first
+        _exact(kind, payload, RANGE.size)
+        return cls(*RANGE.unpack(payload))
     if kind == HELLO:
         _exact(kind, payload, _HELLO.size)
         magic, version, node_id, port, meta_id = _HELLO.unpack(payload)
@@ -159,9 +163,6 @@ def decode_payload(kind, payload):
         return Hello(bytes(node_id), port, bytes(meta_id), version)
     if kind == BITFIELD:
         return Bitfield(bytes(payload))
-    if kind in _RANGE_TYPES:
-        _exact(kind, payload, RANGE.size)
-        return _RANGE_TYPES[kind](*RANGE.unpack(payload))
     if kind == PIECES:
         if len(payload) < RANGE.size:
             raise WireError("pieces payload shorter than its range header")
