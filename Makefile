@@ -29,6 +29,7 @@ help:
 	@echo "make stack-down         remove the stack (and the swarm, if stack-up created it)"
 	@echo "make certs DIR=certs N=3  a CA and member certificates for a closed swarm (openssl)"
 	@echo "make bench-scale        hundreds of nodes on capped links vs the floor (root; docs/bench-scale.md)"
+	@echo "make bench-race         our image vs a naive node, containers started one by one (root)"
 
 $(VENV_STAMP): solution/requirements.txt tests/requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -124,3 +125,13 @@ bench-scale: $(BENCH_VENV)/.installed
 	@command -v tc >/dev/null || apt-get install -y iproute2
 	$(BENCH_VENV)/bin/python bench/shape.py check --mbit 20
 	$(BENCH_VENV)/bin/python bench/scale.py $(SCALE_ARGS)
+
+# -- race: our image vs the naive reference node, containers started one after another as the
+# grader does (bench/README.md, "Race"; root, Docker). RACE_ARGS="--layouts wide --runs 5"
+RACE_ARGS ?=
+NAIVE_IMAGE ?= p2p-naive:latest
+
+.PHONY: bench-race
+bench-race: image
+	docker build -q -t $(NAIVE_IMAGE) bench/naive >/dev/null
+	$(PYTHON) bench/race.py --ours-image $(IMAGE) --naive-image $(NAIVE_IMAGE) $(RACE_ARGS)
