@@ -22,6 +22,7 @@ from .storage import Storage
 
 PROGRESS_INTERVAL_S = 1.0  # one progress line a second while fetching
 PERSIST_DELAY_S = 1.0  # learned peers are saved this long after a change, at most this often
+CHECK_FIRST_BYTES = 16 << 20  # a file this small is checked before we accept or dial (ms): first BITFIELDs are whole
 
 
 class Node:
@@ -47,7 +48,7 @@ class Node:
         cfg, s = self.config, self.state
         saved_peers, saved_info = self._load_saved()
         s.subscribe(self._on_change)
-        self.swarm.start(self.hub)
+        self.swarm.listen(self.hub)
         log.info("listening", version=__version__, addr=f"{cfg.bind}:{cfg.port}", data=cfg.data_path,
                  conf=cfg.conf_path, node_id=s.node_id.hex(), discovery="on" if cfg.discovery else "off",
                  tls="mutual" if cfg.tls else "off")
@@ -63,6 +64,8 @@ class Node:
             self._use_info(info, "conf" if cfg.file_info else "saved")
         else:
             log.info("file_info", result="unknown", action="asking_peers")
+        if info is None or info.size > CHECK_FIRST_BYTES:
+            self.swarm.open()  # else once the file is checked (_scan)
         self._spawn(self._progress_loop)
         self._spawn(self._persist_loop)
         if cfg.discovery:
@@ -97,6 +100,7 @@ class Node:
         t0 = time.monotonic()
         self.storage.scan(self.state.mark_checked)
         self.state.scan_finished()
+        self.swarm.open()
         s = self.state
         log.info("scan_done", have=s.have_count, pieces=s.info.n_pieces,
                  secs=time.monotonic() - t0, result="complete" if s.complete else "partial")

@@ -33,6 +33,7 @@ OFFERS_AT_ONCE = 2  # a complete node's dials (offers) in flight, until one of t
 HOUSEKEEPING_S = 1.0  # how often stalled and useless links are looked for
 BAN_S = 60.0  # a peer that sent bad pieces repeatedly is ignored this long
 STOP_GRACE_S = 0.1  # at shutdown, links get this long to end cleanly before they are killed
+LISTEN_BACKLOG = 128  # connects the kernel completes while we do not accept (start-up, full pool)
 
 
 class Swarm:
@@ -55,9 +56,24 @@ class Swarm:
         self._wake = Event()
         self._loops = []
 
-    def start(self, hub):
+    def listen(self, hub):
+        """Bind and listen: from here peers' connects complete (the kernel queues them), though
+        none is accepted before open(). Raises OSError if the address cannot be had."""
         cfg, self.hub = self.config, hub
-        self.server = StreamServer((cfg.bind, cfg.port), self._accept, spawn=self.in_pool, backlog=128)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((cfg.bind, cfg.port))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        self.server = StreamServer(sock, self._accept, spawn=self.in_pool)
+
+    def open(self):
+        """Accept links and start dialling."""
+        if self._loops:
+            return
         self.server.start()
         self._loops = [gevent.spawn(self._dial_loop), gevent.spawn(self._housekeeping)]
         for g in self._loops:

@@ -12,6 +12,7 @@ import sys
 import time
 
 import gevent
+import gevent.socket
 import pytest
 from gevent.server import StreamServer
 
@@ -165,6 +166,35 @@ def test_status_request_reports_progress(swarm, torrent_factory):
     for key in ("rate_in_mbs", "rate_out_mbs", "peers_connected", "peers_known", "uptime_s",
                 "bytes_in", "bytes_out", "file_info", "percent"):
         assert key in st
+
+
+def first_bitfield(ip, port, info):
+    """Connect as a peer, send HELLO, and return the node's first BITFIELD as a bitset."""
+    sock = gevent.socket.create_connection((ip, port), timeout=5)
+    try:
+        ses = Session(wire.Hello(os.urandom(8), 0, info.meta_id), info)
+        sock.sendall(ses.greeting)
+        while data := sock.recv(65536):
+            for msg in ses.feed(data):
+                if isinstance(msg, wire.Bitfield):
+                    return int.from_bytes(msg.bits, "little")
+        return None
+    finally:
+        sock.close()
+
+
+def test_a_small_file_is_checked_before_links_are_accepted(swarm, torrent_factory, monkeypatch):
+    """While a small file is checked, peers' connects wait in the listen backlog: the node then
+    tells them every piece it holds at once. A big file is served while it is checked."""
+    t = torrent_factory(300_000, 4096, seed=5)
+    info = parse_file_info(t.conf()["FileInfo"])
+    node = swarm.start(0, t.conf([]), data=t.data)
+    assert not node.swarm.listening  # bound; the check runs first
+    assert first_bitfield(swarm.ip(0), swarm.port, info) == (1 << info.n_pieces) - 1
+    assert node.swarm.listening
+
+    monkeypatch.setattr("node.main.CHECK_FIRST_BYTES", t.size - 1)
+    assert swarm.start(1, t.conf([]), data=t.data).swarm.listening
 
 
 class LyingPeer:
