@@ -11,6 +11,7 @@ MAX_QUEUED_FRAMES = 128  # the same in frames (and pieces to serve), for small r
 WORK_RATE = 32 << 20  # bytes of bitset work per second one peer's frames may cost us...
 WORK_BURST = 8 << 20  # ...after a burst this big (a full BITFIELD of the largest file is 512 KiB)
 STATUS_COST = 32 << 10  # a STATUS reply: a snapshot turned into JSON
+PEX_ADDR_COST = 4 << 10  # one address of a PEERS frame: decoding it costs what a bitset op on 4-8 KiB does
 PEX_PER_MINUTE = 512  # addresses learned from one peer per minute; more is noise or an attack
 
 

@@ -21,7 +21,7 @@ from gevent.event import Event
 from gevent.queue import Queue
 
 from . import log, wire
-from .budget import STATUS_COST, Budget
+from .budget import PEX_ADDR_COST, STATUS_COST, Budget
 from .config import FileInfo
 from .hub import PIPELINE_REQUESTS
 from .picker import span_bits
@@ -205,7 +205,7 @@ class Conn:
         if t is wire.Bitfield:
             return 2 * len(ev.bits)
         if t is wire.Peers:
-            return 64 * len(ev.addrs)
+            return PEX_ADDR_COST * len(ev.addrs)
         if t is wire.StatusRequest:
             return STATUS_COST
         return 64
