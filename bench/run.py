@@ -59,17 +59,17 @@ PROFILE_DIR = None  # --profile DIR: our nodes run under cProfile (profile_node.
 
 def node_cmd(impl, py, data, conf, ip):
     """(argv, cwd) of one node on one host."""
-    if impl in ("ours", "ours-tls", "baseline"):
+    if impl in ("ours", "ours-tls", "baseline", "baseline-tls"):
         # profile_node.py and gate.py run the node from $BENCH_SOLUTION (baseline: --baseline DIR)
         run = [py, os.path.join(HERE, "profile_node.py" if PROFILE_DIR else "gate.py")]
-        if impl == "baseline":
+        if impl.startswith("baseline"):
             run = ["env", f"BENCH_SOLUTION={BASELINE}", *run]
-        if impl == "ours-tls":  # one shared member certificate, as a scaled service would use
+        if impl.endswith("-tls"):  # one shared member certificate, as a scaled service would use
             run += ["--tls-cert", os.path.join(CERTS, "member.pem"),
                     "--tls-key", os.path.join(CERTS, "member.key"), "--tls-ca", os.path.join(CERTS, "ca.pem")]
         return run + ["--data", data, "--conf", conf, "--state", data + ".state.json",
                 "--bind", ip, "--port", str(PORT), "--discovery", "off",
-                "--log-level", NODE_LOG_LEVEL], BASELINE if impl == "baseline" else SOLUTION
+                "--log-level", NODE_LOG_LEVEL], BASELINE if impl.startswith("baseline") else SOLUTION
     return [py, os.path.join(HERE, "lt_node.py"), "--data", data, "--conf", conf,
             "--bind", ip, "--port", str(PORT)], HERE
 
@@ -336,7 +336,7 @@ def parse_args(argv):
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s} (have {', '.join(SCENARIOS)})")
     for s in a.impl:
-        if s not in IMPLS and not (s == "baseline" and a.baseline):
+        if s not in IMPLS and not (s in ("baseline", "baseline-tls") and a.baseline):
             p.error(f"unknown implementation {s} (have {', '.join(IMPLS)})")
     full = set(a.scenarios) == set(SCENARIOS) and set(a.impl) == set(IMPLS) and not a.no_pipeline
     a.out = a.out or os.path.join(ROOT, "docs" if full else "bench/out")
@@ -400,7 +400,7 @@ def main(argv=None):
     results, pipes = [], {1: [], 2: []}
     try:
         print(f"bench: work dir {workdir} ({report.fs_type(workdir)}); logs in {logdir}", flush=True)
-        if "ours-tls" in a.impl:
+        if any(i.endswith("-tls") for i in a.impl):
             CERTS = make_certs(workdir)
         with lab.Lab(max([2] + [sc.nodes for sc in scs])) as lab_:
             if not a.no_pipeline:
@@ -412,7 +412,7 @@ def main(argv=None):
                 seed = Seed(sc, workdir)
                 for run in range(a.runs):
                     for impl in a.impl:  # interleaved, so drift in the machine hits both alike
-                        if impl == "ours-tls" and sc.name not in a.tls_scenarios:
+                        if impl.endswith("-tls") and sc.name not in a.tls_scenarios:
                             continue
                         results.append(swarm_run(lab_, seed, impl, py, workdir, logdir,
                                                  f"{sc.name}-{impl}-{run + 1}"))

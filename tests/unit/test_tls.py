@@ -133,3 +133,43 @@ def test_tls_flags_from_the_environment(tmp_path, certs):
     env = {"NODE_TLS_CERT": str(certs / "member.pem"), "NODE_TLS_KEY": str(certs / "member.key"),
            "NODE_TLS_CA": str(certs / "ca.pem")}
     assert config.load(["--conf", str(conf)], env).tls
+
+
+def _link_pair(certs):
+    from types import SimpleNamespace
+    from node import tls
+    gate = tls.Gate(SimpleNamespace(tls_cert=str(certs / "member.pem"), tls_key=str(certs / "member.key"),
+                                    tls_ca=str(certs / "ca.pem")))
+    a, b = socket.socketpair()
+    server = gevent.spawn(gate.wrap, a, True, "127.0.0.1")
+    client = gate.wrap(b, False, "127.0.0.1")
+    return server.get(timeout=5), client
+
+
+def test_a_link_moves_both_ways_at_once_in_order(certs):
+    """Both ends send more than the socket buffers hold while reading, through one shared
+    receive buffer per node; every byte arrives in order, and a close reads as 0."""
+    server, client = _link_pair(certs)
+    size = 3 << 20
+    data = {server: os.urandom(size), client: os.urandom(size)}
+
+    def receive(link):
+        got, view = bytearray(size), memoryview(bytearray(1 << 20))
+        n = 0
+        while n < size:
+            k = link.recv_into(view[:min(len(view), size - n)])
+            assert k
+            got[n:n + k] = view[:k]
+            n += k
+        return bytes(got)
+
+    def send(link):
+        for at in range(0, size, 100_000):  # odd slices: records and sends do not line up
+            link.sendall(data[link][at:at + 100_000])
+
+    jobs = [gevent.spawn(f, link) for link in (server, client) for f in (send, receive)]
+    gevent.joinall(jobs, timeout=20, raise_error=True)
+    assert jobs[1].value == data[client] and jobs[3].value == data[server]
+    client.close()
+    assert server.recv_into(memoryview(bytearray(16))) == 0
+    server.close()
