@@ -329,6 +329,7 @@ def main(argv=None):
             os.unlink(seed.path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(a.out, exist_ok=True)
     shutil.copy(RESULTS, os.path.join(a.out, "bench-scale.json"))  # the runs behind the report
     return scale_report.render(RESULTS, a.out)
 
