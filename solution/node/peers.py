@@ -140,8 +140,8 @@ class Swarm:
         arrive, and opens up to MAX_OUTBOUND once it starves: the pieces it lacks may be on peers
         it has no link to (many sources), or its peers may be slow or gone.
         A complete node needs nothing: its dials only offer pieces, to peers that might not find
-        it themselves, and only once it is quiet (it sent no piece for QUIET_TICKS intervals):
-        while peers fetch from it, the swarm has found it. Until an offer proves needed (the link
+        it themselves, and only once it is quiet (it sent no piece for QUIET_TICKS intervals) or
+        has no link at all: while peers fetch from it, the swarm has found it. Until an offer proves needed (the link
         moved pieces), it makes one per interval, OFFERS_AT_ONCE at most, so that finished nodes
         do not all sweep each other at the end of a sync (docs/tuning.md)."""
         free = self.out_pool.free_count()
@@ -150,7 +150,7 @@ class Swarm:
             if still >= STARVED_TICKS:
                 return free
             return max(0, FEW_OUTBOUND - (MAX_OUTBOUND - free))
-        if still < QUIET_TICKS:
+        if still < QUIET_TICKS and self.state.conns:  # no link at all: nobody found us, offer now
             return 0
         if self.offers_needed:
             return free

@@ -9,13 +9,22 @@ import gevent
 from node.config import FileInfo
 from node.peers import (DIAL_INTERVAL_S, FEW_OUTBOUND, MAX_OUTBOUND, OFFERS_AT_ONCE, QUIET_TICKS, STARVED_TICKS,
                         Swarm)
-from node.state import NodeState
+from node.state import NodeState, PeerEntry, Source
 
 
-def make_swarm(complete):
+class Link:
+    """A link as NodeState keeps it (only its entry is told)."""
+
+    def __init__(self, addr):
+        self.entry = PeerEntry(addr, Source.CONF)
+
+
+def make_swarm(complete, linked=True):
     info = FileInfo(256, 16, tuple(hashlib.sha1(b"%d" % i).digest() for i in range(16)))
     st = NodeState(b"\x01" * 8, info)
     st.mark_checked(0, 16, 0xFFFF if complete else 0)
+    if linked:
+        st.link_up(b"\x02" * 8, Link(("10.0.0.2", 6881)))
     return Swarm(st, config=None, crash=None)
 
 
@@ -68,6 +77,14 @@ def test_complete_node_offers_only_once_nobody_fetches_from_it():
     for k in range(1, QUIET_TICKS):
         assert sw._dial_budget(last_sent + k * DIAL_INTERVAL_S) == 0
     assert sw._dial_budget(last_sent + QUIET_TICKS * DIAL_INTERVAL_S) == 1
+
+
+def test_complete_node_without_any_link_offers_at_once():
+    """A seeder that nobody dialled (each peer picked others from a long Peers list) would else
+    wait QUIET_TICKS intervals while the whole swarm starves."""
+    sw = make_swarm(complete=True, linked=False)
+    assert sw._dial_budget(10.0) == 1
+    assert sw._dial_budget(10.0) == 0  # and then one per interval, as any offer
 
 
 def test_complete_node_offers_one_dial_per_interval():

@@ -46,8 +46,11 @@ def test_a_seeder_uploads_no_faster_than_its_limit(tmp_path, torrent_factory):
         assert swarm.wait_complete(timeout=20)
         took = time.monotonic() - t0
         sent = swarm.nodes[0].state.counters["bytes_out"]
-        assert sent >= 2 * len(t.data) * 0.5  # the seeder did most of the sending
         print(f"seeder sent {sent} B in {took:.2f} s: {sent / took / rate:.2f} x the limit")
+        # Every piece left the seeder at least once, however much the leechers then traded between
+        # them (they learn each other by PEX; its share was 52-94% of the bytes, too close to 50%
+        # for the "most of the sending" check this replaced).
+        assert sent >= len(t.data)
         assert sent / took <= rate * 1.10
         assert swarm.file_bytes(1) == swarm.file_bytes(2) == t.data
     finally:
