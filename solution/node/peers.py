@@ -141,7 +141,7 @@ class Swarm:
         it has no link to (many sources), or its peers may be slow or gone.
         A complete node needs nothing: its dials only offer pieces, to peers that might not find
         it themselves, and only once it is quiet (it sent no piece for QUIET_TICKS intervals) or
-        has no link at all: while peers fetch from it, the swarm has found it. Until an offer proves needed (the link
+        nobody has found it yet: while peers fetch from it, the swarm has found it. Until an offer proves needed (the link
         moved pieces), it makes one per interval, OFFERS_AT_ONCE at most, so that finished nodes
         do not all sweep each other at the end of a sync (docs/tuning.md)."""
         free = self.out_pool.free_count()
@@ -150,7 +150,7 @@ class Swarm:
             if still >= STARVED_TICKS:
                 return free
             return max(0, FEW_OUTBOUND - (MAX_OUTBOUND - free))
-        if still < QUIET_TICKS and self.state.conns:  # no link at all: nobody found us, offer now
+        if still < QUIET_TICKS and not self._unfound():
             return 0
         if self.offers_needed:
             return free
@@ -158,6 +158,12 @@ class Swarm:
             return 0
         self._next_offer = now + DIAL_INTERVAL_S
         return 1
+
+    def _unfound(self):
+        """No link, and no piece moved either way since start: nobody has found this node (a
+        seeder that no peer picked from its Peers list). Finished nodes moved pieces: they wait."""
+        s = self.state
+        return not s.conns and not s.counters["bytes_out"] and not s.counters["bytes_in"]
 
     def _still_ticks(self, now):
         """Dial intervals in a row in which the node got nowhere: no new piece while it fetches,

@@ -80,11 +80,19 @@ def test_complete_node_offers_only_once_nobody_fetches_from_it():
 
 
 def test_complete_node_without_any_link_offers_at_once():
-    """A seeder that nobody dialled (each peer picked others from a long Peers list) would else
-    wait QUIET_TICKS intervals while the whole swarm starves."""
+    """A seeder that nobody dialled (each peer picked others from a long Peers list) and that has
+    moved no piece would else wait QUIET_TICKS intervals while the whole swarm starves."""
     sw = make_swarm(complete=True, linked=False)
     assert sw._dial_budget(10.0) == 1
     assert sw._dial_budget(10.0) == 0  # and then one per interval, as any offer
+
+
+def test_a_finished_node_whose_links_ended_waits_to_offer():
+    """At the end of a sync every finished node is left without links: offering at once then
+    is the sweep QUIET_TICKS exists to prevent (S3 +19%, S4 +7.5% when it did)."""
+    sw = make_swarm(complete=True, linked=False)
+    sw.state.count("bytes_in", 16)
+    assert sw._dial_budget(10.0) == 0
 
 
 def test_complete_node_offers_one_dial_per_interval():
