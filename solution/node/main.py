@@ -22,7 +22,7 @@ from .storage import Storage
 
 PROGRESS_INTERVAL_S = 1.0  # one progress line a second while fetching
 PERSIST_DELAY_S = 1.0  # learned peers are saved this long after a change, at most this often
-CHECK_FIRST_BYTES = 16 << 20  # a file this small is checked before we accept or dial (ms): first BITFIELDs are whole
+CHECK_FIRST_BYTES = 16 << 20  # a file this small is checked before we accept or dial: BITFIELDs are then whole
 
 
 class Node:

@@ -141,9 +141,10 @@ class Swarm:
         it has no link to (many sources), or its peers may be slow or gone.
         A complete node needs nothing: its dials only offer pieces, to peers that might not find
         it themselves, and only once it is quiet (it sent no piece for QUIET_TICKS intervals) or
-        nobody has found it yet: while peers fetch from it, the swarm has found it. Until an offer proves needed (the link
-        moved pieces), it makes one per interval, OFFERS_AT_ONCE at most, so that finished nodes
-        do not all sweep each other at the end of a sync (docs/tuning.md)."""
+        nobody has found it yet: while peers fetch from it, the swarm has found it. Until an
+        offer proves needed (the link moved pieces), it makes one per interval, OFFERS_AT_ONCE
+        at most, so that finished nodes do not all sweep each other at the end of a sync
+        (docs/tuning.md)."""
         free = self.out_pool.free_count()
         still = self._still_ticks(now)
         if not self.state.complete:

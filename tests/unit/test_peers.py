@@ -12,7 +12,7 @@ from node.peers import (DIAL_INTERVAL_S, FEW_OUTBOUND, MAX_OUTBOUND, OFFERS_AT_O
 from node.state import NodeState, PeerEntry, Source
 
 
-class Link:
+class FakeLink:
     """A link as NodeState keeps it (only its entry is told)."""
 
     def __init__(self, addr):
@@ -24,7 +24,7 @@ def make_swarm(complete, linked=True):
     st = NodeState(b"\x01" * 8, info)
     st.mark_checked(0, 16, 0xFFFF if complete else 0)
     if linked:
-        st.link_up(b"\x02" * 8, Link(("10.0.0.2", 6881)))
+        st.link_up(b"\x02" * 8, FakeLink(("10.0.0.2", 6881)))
     return Swarm(st, config=None, crash=None)
 
 
