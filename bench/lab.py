@@ -85,6 +85,7 @@ class Lab:
 
     prefix = PREFIX
     max_hosts = MAX_HOSTS
+    sysctls = ()  # more `key=value` for every namespace of the lab
     prefix_len = 24  # of the lab's subnet
 
     def __init__(self, n):
@@ -121,8 +122,8 @@ class Lab:
             self._add_ns(name)
             # Before the veths arrive, so they are born without IPv6 (new devices take the defaults).
             subprocess.run(["ip", "netns", "exec", name, "sysctl", "-q", "-w",
-                            "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
-                           check=True, timeout=IP_TIMEOUT_S)
+                            "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+                            *self.sysctls], check=True, timeout=IP_TIMEOUT_S)
         # Inside the bridge namespace: the bridge, and one veth pair per host whose far end goes
         # straight into that host's namespace as eth0. One batch keeps this to one `ip` process.
         cmds = ["link add br0 type bridge stp_state 0", "link set lo up"]  # br0 stays down: hold()

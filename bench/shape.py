@@ -43,6 +43,10 @@ class ScaleLab(lab.Lab):
     prefix = SCALE_PREFIX
     max_hosts = 1000
     prefix_len = 16
+    # Loss-based congestion control, as most hosts run (cubic; a namespace may only pick what the
+    # host allows: here reno and bbr): BBR over a token bucket reads the bucket's line-rate bursts
+    # as bandwidth and lost a quarter of its packets at the cap (bench/README.md, "Scale")
+    sysctls = ("net.ipv4.tcp_congestion_control=reno",)
 
     def address(self, i):
         return f"{SCALE_NET}.{i // 250}.{i % 250 + 2}"
