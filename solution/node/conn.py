@@ -1,9 +1,11 @@
-"""One peer link: moves bytes between its socket and its Session, on three greenlets.
+"""One peer link: moves bytes between its socket and its Session, on four greenlets.
 
 - the reader (whoever calls run()): the handshake, then recv -> session -> act on each event;
-- the writer: owns every send. Both peers request from each other on one full-duplex link; if
-  one greenlet both read and sent large replies, two peers sending at once with full socket
-  buffers would each wait for the other to read, forever;
+- the writer: frames (announcements, requests, replies). Both peers request from each other on
+  one full-duplex link; if one greenlet both read and sent large replies, two peers sending at
+  once with full socket buffers would each wait for the other to read, forever;
+- the server: the peer's requests, in order, each once the node grants it an upload slot
+  (hub.py); it and the writer take turns on the socket, a whole frame each;
 - the verifier: piece chunks hashed in the storage's pool are accounted for here, in order.
 
 Rule: what a peer may send, and the link's bookkeeping, are the session's; what the node does
@@ -14,10 +16,12 @@ return at once) and sets `ending` (a wait for a chunk buffer returns); the reade
 """
 
 import socket
+import struct
 import time
 
 import gevent
 from gevent.event import Event
+from gevent.lock import Semaphore
 from gevent.queue import Queue
 
 from . import log, wire
@@ -31,12 +35,17 @@ HANDSHAKE_TIMEOUT_S = 5.0  # a peer that connects and says nothing frees its slo
 USELESS_CLOSE_S = 3.0  # a link with nothing to exchange this long is closed (sockets are scarce)
 IDLE_TIMEOUT_S = 20.0  # no frame at all from the peer this long, nothing pending: it is gone
 MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
-SEND_STALL_S = 10.0  # a peer that takes none of what we send for this long is gone
-CLEANUP_WAIT_S = 1.0  # the writer and verifier get this long to end with the link
+SEND_STALL_S = 10.0  # a peer whose socket takes none of what we send for this long is gone
+CLEANUP_WAIT_S = 1.0  # the writer, server and verifier get this long to end with the link
 FAIR_FRAMES = 256  # a reader whose peer always has frames ready yields after this many in a row
 RCVLOWAT_MAX = 32 << 10  # piece data wakes the reader per this many bytes (more: the window may clamp)...
 RCVLOWAT_BELOW_RATE = 8 << 20  # ...on a link measured slower than this (bytes/s); a LAN wakes as before
+REJECTED_WAIT_S = 1.0  # after a REJECT we ask that peer for nothing this long: it is busy
 
+SLOW_UPLINK = 8 << 20  # a link taking our replies slower than this (bytes/s) is slow: it needs an
+UNSENT_BYTES = 128 << 10  # upload slot, and its socket holds this much unsent at most (so a slot lasts
+# as long as the wire takes); until measured, a link is as the node's last measured one (hub.py)
+TCP_INFO_LEN, TCP_INFO_BYTES_ACKED = 168, 120  # Linux's struct tcp_info: tcpi_bytes_acked (4.1+)
 _KICK = object()  # in the writer's queue: announce, share peers, top up requests
 
 
@@ -56,19 +65,26 @@ class Conn:
         self.ending = Event()
         self.productive = False  # a piece moved either way: the peer works
         self.last_useful = now
-        self.sending_since = None  # while the writer is in a send
+        self.sent_at = None  # while the writer is in a send: when the socket last took some of it
+        self._acked = None  # (bytes the peer had acknowledged, when, in a send) at the last check()
+        self._slow = None  # measured taking our replies slower than SLOW_UPLINK; None: not yet
+        self._capped = False  # the socket's unsent bytes are capped at UNSENT_BYTES
+        self._chunk_at = 0.0  # when the chunk buffer being filled was handed to the session
         self.budget = Budget(now)  # what this peer may cost us
         self._drained = Event()  # the writer set it: replies fell below half the budget
         self._throttled = set()  # why we slowed this peer ("replies", "work"): logged once each
         self._loop = gevent.get_hub().loop
         self._turn = None  # the loop's time when the reader last saw it: unchanged = we never waited
         self._frames_at = 0  # session.frames_in when the reader last waited or yielded
-        self._queue = Queue()  # the writer's: frames, (first, count) to serve, _KICK
+        self._queue = Queue()  # the writer's: frames, _KICK
+        self._serves = Queue()  # the server's: (first, count, arrived) the peer asked for
+        self._socket_turn = Semaphore()  # the writer and the server send whole frames in turn
+        self._ask_after = 0.0  # we request nothing from the peer before this (it rejected us)
         self._kicked = False
         self._verify_q = Queue()  # (chunk, pool job) in arrival order; bounded by chunk buffers
         self._verifying = 0
         self._buffers_out = 0  # chunk buffers taken from the hub, not given back yet
-        self._writer = self._verifier = None
+        self._writer = self._server = self._verifier = None
         # SO_RCVLOWAT on plain TCP only: through TLS, raw bytes and plaintext differ in count
         self._lowat = 1 if zero_copy else None
 
@@ -118,9 +134,9 @@ class Conn:
         if self.reason is None:  # killed (at shutdown)
             self.reason = Reason.SHUTDOWN
         self.ending.set()
-        # Wait for both to end: a writer still running could claim pieces after the release below,
+        # Wait for them to end: a writer still running could claim pieces after the release below,
         # and those would stay requested forever.
-        for g in (self._writer, self._verifier):
+        for g in (self._writer, self._server, self._verifier):
             if g is not None:
                 g.kill(block=True, timeout=CLEANUP_WAIT_S)
         self.sock.close()
@@ -156,6 +172,7 @@ class Conn:
                 if buf is None:
                     raise Closed(self.reason, self.detail)
                 self._buffers_out += 1
+                self._chunk_at = time.monotonic()
                 s.give_buffer(buf)
             else:
                 return ev
@@ -222,7 +239,9 @@ class Conn:
         elif t is wire.Request:
             if hub.can_serve(ev.first, ev.count):
                 self.budget.queued(0)
-                self._queue.put((ev.first, ev.count))
+                self._serves.put((ev.first, ev.count, time.monotonic()))
+                if self._server is None:
+                    self._server = gevent.spawn(self._serve_loop)
             else:
                 self.send(s.reject(ev.first, ev.count))
         elif t is wire.Have:
@@ -231,8 +250,8 @@ class Conn:
         elif t is wire.Bitfield:
             self.kick()
         elif t is wire.Reject:
-            hub.release(span_bits(ev.first, ev.count))
-            self.kick()
+            self._ask_after = time.monotonic() + REJECTED_WAIT_S
+            hub.release(span_bits(ev.first, ev.count))  # the other links may ask for them now
         elif t is wire.Peers:
             take = self.budget.pex_allowed(len(ev.addrs), time.monotonic())
             if take < len(ev.addrs):
@@ -250,6 +269,8 @@ class Conn:
     # -- pieces in ----------------------------------------------------------------------------
     def _on_chunk(self, chunk):
         """Hash and write in the pool while the reader goes on receiving; account in order."""
+        if self.hub.uplink_slow and len(chunk.view) > SLOW_UPLINK * (time.monotonic() - self._chunk_at):
+            self.hub.downlink_fast()
         job = self.hub.write(chunk.first, chunk.view)
         if job.ready() and not self._verifying:
             self._chunk_done(chunk, job)  # done already (a busy machine): account for it now
@@ -306,21 +327,48 @@ class Conn:
         try:
             while True:
                 job = self._queue.get()
-                self.sending_since = time.monotonic()
                 if job is _KICK:
                     self._kicked = False
                     self._send_updates()
-                elif type(job) is tuple:
-                    self._serve(*job)
-                    self._sent(0)
                 else:
-                    self.sock.sendall(job)
+                    self._send(self.sock.sendall, job)
                     self._sent(len(job))
-                self.sending_since = None
         except Closed as e:
             self.close(e.reason, e.detail)
-        except (OSError, EOFError, TimeoutError) as e:
+        except (OSError, EOFError) as e:
             self.close(Reason.LOST, f"send failed: {e}")
+
+    def _serve_loop(self):
+        """The peer's requests in order. On a slow link each waits for an upload slot of the
+        node's; one that waited too long is rejected, so the peer asks someone less busy, and so
+        is one the hub would rather not send twice yet (hub.spread_first)."""
+        try:
+            while True:
+                first, count, arrived = self._serves.get()
+                if not self._is_slow():
+                    self._send(self._serve, first, count)
+                elif not self.hub.upload_slot(arrived):
+                    self.send(self.session.reject(first, count))
+                else:
+                    try:
+                        if self.hub.spread_first(first, count, time.monotonic() - arrived):
+                            self.send(self.session.reject(first, count))
+                        else:
+                            self._send(self._serve, first, count)
+                    finally:
+                        self.hub.upload_done()
+                self._sent(0)
+        except (OSError, EOFError) as e:
+            self.close(Reason.LOST, f"send failed: {e}")
+
+    def _send(self, fn, *args):
+        """fn(*args) sends one whole frame, its turn on the socket; a stall of it is noticed."""
+        with self._socket_turn:
+            self.sent_at = time.monotonic()
+            try:
+                fn(*args)
+            finally:
+                self.sent_at = None
 
     def _sent(self, nbytes):
         self.budget.sent(nbytes)
@@ -329,9 +377,32 @@ class Conn:
 
     def _serve(self, first, count):
         self.session.answered()
-        self.hub.sendfile(self.sock, first, count, SEND_STALL_S, self.zero_copy)
-        self.last_useful = time.monotonic()
+        start = time.monotonic()
+        nbytes = self.hub.sendfile(self.sock, first, count, self._progress, self.zero_copy)
+        self.last_useful = now = time.monotonic()
         self.productive = True
+        if nbytes > 2 * UNSENT_BYTES and self._capped:  # unsent capped: the time is the wire's
+            self._set_slow(nbytes < SLOW_UPLINK * (now - start))
+
+    def _is_slow(self):
+        slow = self.hub.uplink_slow if self._slow is None else self._slow
+        if slow != self._capped:
+            try:  # 0: back to the system's default (no cap)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_BYTES if slow else 0)
+                self._capped = slow
+            except (OSError, AttributeError):
+                pass
+        return slow
+
+    def _set_slow(self, slow):
+        self._slow = slow
+        self.hub.uplink_measured(slow)
+        self._is_slow()
+
+    def _progress(self, wait=0.0):
+        """A long reply to a slow reader (a capped uplink shared by many links) is no stall, nor
+        is `wait` seconds of our own upload limit ahead."""
+        self.sent_at = time.monotonic() + wait
 
     def _send_updates(self):
         """What we hold, whom we know, and requests to keep PIPELINE_REQUESTS out: one send."""
@@ -345,12 +416,12 @@ class Conn:
             own = self.entry.addr if self.entry else None
             out += s.share_peers([a for a in hub.peer_addrs() if a != own], hub.peers_version)
         done = s.info is not None and hub.both_complete(s)
-        if s.info is not None and not done and len(s.mine) < PIPELINE_REQUESTS:
-            now = time.monotonic()
+        now = time.monotonic()
+        if s.info is not None and not done and len(s.mine) < PIPELINE_REQUESTS and now >= self._ask_after:
             runs = hub.pick(s, PIPELINE_REQUESTS - len(s.mine))
             out += [s.request(first, count, now) for first, count in runs]
         if out:
-            self.sock.sendall(b"".join(out))
+            self._send(self.sock.sendall, b"".join(out))
         if done:
             raise Closed(Reason.BOTH_COMPLETE)
 
@@ -362,12 +433,36 @@ class Conn:
         if s.overdue(now):
             log.warning("peer_stalled", peer=self.name, outstanding=len(s.mine), result="closing")
             self.close(Reason.REQUEST_TIMEOUT)
-        elif self.sending_since is not None and now - self.sending_since > SEND_STALL_S:
+        elif self._send_stalled(now):
             log.warning("peer_stalled", peer=self.name, why="not reading", result="closing")
             self.close(Reason.NOT_READING)
         elif now - s.last_rx > IDLE_TIMEOUT_S and not s.mine and not s.serving:
             self.close(Reason.IDLE)
         elif self.hub.useful(s):
             self.last_useful = now
+            if self._ask_after and now >= self._ask_after:  # rejected a while ago: ask again
+                self._ask_after = 0.0
+                self.kick()
         elif now - self.last_useful > USELESS_CLOSE_S:
             self.close(Reason.NOTHING_TO_EXCHANGE)
+
+    def _send_stalled(self, now):
+        """In a send, and neither the writer handed the socket more nor the peer acknowledged any
+        for SEND_STALL_S (a big socket buffer wakes the writer only once a third of it drains: on a
+        slow link that takes minutes, while the peer reads all along). Also where a link is found
+        slow; a reply measured fast (the socket's unsent bytes capped, so honestly) ends that."""
+        try:
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
+            acked = struct.unpack_from("Q", info, TCP_INFO_BYTES_ACKED)[0]
+        except (OSError, AttributeError, struct.error):
+            acked = None  # not Linux, or the socket is gone: the writer's progress alone decides
+        busy = self.sent_at is not None
+        last, self._acked = self._acked, (acked, now, busy) if acked is not None else None
+        if not busy:
+            return False
+        if acked is not None and last is not None:
+            if acked > last[0]:
+                self.sent_at = now
+            if last[2] and self._slow is not True and acked - last[0] < SLOW_UPLINK * (now - last[1]):
+                self._set_slow(True)  # sending all the last interval, and this little went out
+        return now - self.sent_at > SEND_STALL_S

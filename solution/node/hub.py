@@ -11,6 +11,7 @@ import time
 
 import gevent
 import ujson
+from gevent.lock import Semaphore
 
 from . import picker, status, wire
 from .budget import UploadPace
@@ -21,6 +22,9 @@ REQUEST_BYTES_MAX = 4 << 20  # ...and at most; in between, what is left shared a
 PIPELINE_REQUESTS = 3  # requests kept outstanding per peer, so the link never idles
 REQUEST_QUEUE_S = 2.0  # and no request bigger than this long at the link's rate (one piece at least)
 PACE_SLICE_BYTES = 64 << 10  # with an upload limit, piece data goes out in slices this big
+UPLOAD_SLOTS = 4  # requests served at once: on a capped uplink, a piece each peer can pass on soon
+UPLOAD_WAIT_S = 3.0  # a request that waits this long for a slot is rejected: the peer asks elsewhere
+SPREAD_AFTER_WAIT_S = 0.5  # a seeder whose requests wait this long for a slot sends each piece once first
 
 
 class Hub:
@@ -32,6 +36,10 @@ class Hub:
         self._on_meta = on_meta  # on_meta(info, peer): the node takes the file's metadata
         self.storage = None  # once the file is known
         self.sources = set()  # peers that sent us at least one good piece
+        self._slots = Semaphore(UPLOAD_SLOTS)
+        self.uplink_slow = True  # as the last link measured found it: a new link starts so (conn.py)
+        self._uplink_measured = False
+        self._sent = 0  # pieces we began to send at least once
         self._meta_frame = None
 
     def use_storage(self, storage):
@@ -161,22 +169,58 @@ class Hub:
         return new, bad
 
     # -- serving ------------------------------------------------------------------------------
-    def sendfile(self, sock, first, count, stall_s, zero_copy=True):
+    def upload_slot(self, asked_at):
+        """Take one of the node's upload slots for a request made at `asked_at` (monotonic),
+        waiting until it is UPLOAD_WAIT_S old at most; False if none came free by then."""
+        return self._slots.acquire(timeout=max(0.0, asked_at + UPLOAD_WAIT_S - time.monotonic()))
+
+    def upload_done(self):
+        self._slots.release()
+
+    def uplink_measured(self, slow):
+        """A link found our replies slow or fast to leave: links not measured yet go by this."""
+        self.uplink_slow, self._uplink_measured = slow, True
+
+    def downlink_fast(self):
+        """Piece data came faster than a slow uplink could send it: a LAN, most likely. Until an
+        upload is measured, links start fast (as a LAN link is never measured: its replies are
+        small or absorbed by the socket at once)."""
+        if not self._uplink_measured:
+            self.uplink_slow = False
+
+    def spread_first(self, first, count, waited):
+        """Should a seeder refuse pieces first.., asked for `waited` seconds ago? Yes if its uplink
+        is the limit (requests queue for a slot: on a LAN they never wait that long), it sent them
+        all before and has pieces it never sent: it is the swarm's only source of those, and the
+        peer can get the others from whoever got them (BEP 16's super-seeding, by refusal)."""
+        s = self.state
+        if not s.complete or waited < SPREAD_AFTER_WAIT_S:
+            return False
+        span = picker.span_bits(first, count)
+        return span & self._sent == span and s.full & ~self._sent != 0
+
+    def sendfile(self, sock, first, count, progress, zero_copy=True):
         """PIECES first..: header, then the bytes straight from the file (or read and sent, on a
-        socket the kernel cannot sendfile into: TLS), paced to the node's upload limit if any."""
+        socket the kernel cannot sendfile into: TLS), paced to the node's upload limit if any.
+        progress() whenever the socket took some; progress(s) before waiting s for the limit.
+        Returns the bytes of piece data sent."""
         offset, nbytes = self.state.info.span(first, count)
+        self._sent |= picker.span_bits(first, count)
         sock.sendall(wire.pieces_header(first, count, nbytes))
         end = offset + nbytes
         while offset < end:
             n = end - offset if self.pace is None else min(end - offset, PACE_SLICE_BYTES)
             if self.pace is not None:
-                gevent.sleep(self.pace.delay(n, time.monotonic()))
+                delay = self.pace.delay(n, time.monotonic())
+                progress(delay)  # waiting for our own limit is not the peer's stall
+                gevent.sleep(delay)
             if zero_copy:
-                self.storage.sendfile(sock, offset, n, stall_s)
+                self.storage.sendfile(sock, offset, n, progress)
             else:
-                self.storage.send_copy(sock, offset, n)
+                self.storage.send_copy(sock, offset, n, progress)
             offset += n
         self.state.count("bytes_out", nbytes)
+        return nbytes
 
     def meta_frame(self):
         """META, encoded once per file; None while we do not know it either."""

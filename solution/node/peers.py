@@ -48,6 +48,7 @@ class Swarm:
         self.server = None
         self.banned = {}  # node_id or ip -> until (monotonic)
         self.inbound_by_ip = {}  # ip -> open inbound sockets, handshaking or not
+        self.clients = set()  # admitted links that are not peers (port 0: `node status`)
         self.offers_needed = False  # the last link we dialled while complete moved pieces
         self._tick_at = float("-inf")  # the last dial interval looked at by _still_ticks
         self._tick_mark = None  # what the node had got or sent then
@@ -86,7 +87,7 @@ class Swarm:
             log.info("listener_closed", result="ok")
         for g in self._loops:
             g.kill(block=False)
-        conns = list(self.state.conns.values())
+        conns = list(self.state.conns.values()) + list(self.clients)
         for c in conns:
             c.close(Reason.SHUTDOWN)  # registered links end their own way: EOF, cleanup, log line
         self.in_pool.join(timeout=STOP_GRACE_S)
@@ -219,6 +220,7 @@ class Swarm:
         if conn.entry is None:
             if conn.session.listen_port == 0:  # a client (e.g. `node status`): served, not a peer
                 conn.attach(PeerEntry((conn.ip, 0), Source.CLIENT))
+                self.clients.add(conn)  # checked for stalls like a peer: it holds an inbound slot
                 return None
             conn.attach(s.add_peer((conn.ip, conn.session.listen_port), Source.INBOUND))
         other = s.conns.get(peer_id)
@@ -243,6 +245,7 @@ class Swarm:
         reason = conn.reason
         if reason.peer_fault:  # say so, even mid-handshake
             log.warning("peer_closed", peer=conn.name, why=conn.detail, result="protocol_error")
+        self.clients.discard(conn)
         if not self._forget(conn):
             return
         if not reason.peer_fault:
@@ -279,5 +282,6 @@ class Swarm:
         while True:
             gevent.sleep(HOUSEKEEPING_S)
             now = time.monotonic()
-            for c in list(self.state.conns.values()):
+            for c in list(self.state.conns.values()) + list(self.clients):
                 c.check(now)
+

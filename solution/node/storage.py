@@ -317,24 +317,25 @@ class Storage:
                 self.written |= good
         return good
 
-    def sendfile(self, sock, offset, n, stall_s):
-        """Send n bytes of the file from offset straight from the page cache (zero-copy); a
-        socket that takes nothing for stall_s seconds raises TimeoutError."""
+    def sendfile(self, sock, offset, n, progress):
+        """Send n bytes of the file from offset straight from the page cache (zero-copy),
+        calling progress() each time the socket took some (a stall is the caller's to judge)."""
         out = sock.fileno()
         while n:
             try:
                 sent = os.sendfile(out, self.fd, offset, n)
             except BlockingIOError:
-                wait_write(out, timeout=stall_s, timeout_exc=TimeoutError("peer stopped reading"))
+                wait_write(out)
                 continue
             if sent == 0:
                 raise EOFError("data file shorter than expected")
+            progress()
             offset += sent
             n -= sent
 
-    def send_copy(self, sock, offset, n):
+    def send_copy(self, sock, offset, n, progress):
         """Send n bytes of the file from offset by reading them into a reused buffer (for sockets
-        that cannot take sendfile, as TLS does its encryption in user space)."""
+        that cannot take sendfile, as TLS does its encryption in user space); progress() as above."""
         buf = self._copy_spare.pop() if self._copy_spare else bytearray(COPY_BYTES)
         try:
             view = memoryview(buf)
@@ -343,6 +344,7 @@ class Storage:
                 if k == 0:
                     raise EOFError("data file shorter than expected")
                 sock.sendall(view[:k])
+                progress()
                 offset += k
                 n -= k
         finally:

@@ -57,6 +57,12 @@ class Link:
         self._raw = raw  # the node's receive buffer, shared: see _fill
         self._sending = Semaphore()
 
+    def getsockopt(self, *args):
+        return self._sock.getsockopt(*args)
+
+    def setsockopt(self, *args):
+        return self._sock.setsockopt(*args)
+
     def handshake(self):
         while True:
             try:

@@ -9,7 +9,7 @@ import pytest
 from gevent import socket
 from gevent.server import StreamServer
 
-from node import wire
+from node import conn, wire
 from node.config import parse_file_info
 
 from swarmkit import LocalSwarm, decode_frames
@@ -173,3 +173,36 @@ def test_frames_are_read_however_the_bytes_arrive(swarm, torrent_factory, split)
     pieces = {(m.first, m.count): m.data for m in msgs if isinstance(m, wire.Pieces)}
     assert pieces == {(0, 2): t.data[:2048], (5, 3): t.data[5 * 1024:8 * 1024]}
     sock.close()
+
+
+def _ask_everything(swarm, info, rcvbuf=16 << 10):
+    """A raw peer with a small receive buffer that asked the seeder for the whole file."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window stays small
+    sock.bind(("127.0.0.50", 0))
+    sock.connect((swarm.ip(0), swarm.port))
+    sock.sendall(hello(info.meta_id) + wire.encode(wire.Request(0, info.n_pieces)))
+    return sock
+
+
+def test_a_slow_reader_keeps_its_link_and_one_that_stops_reading_loses_it(swarm, torrent_factory, monkeypatch):
+    """A reply that takes longer than the stall limit (a capped uplink shared by many links) is
+    no stall while the peer keeps taking bytes; a peer that takes none is dropped."""
+    monkeypatch.setattr(conn, "SEND_STALL_S", 1.0)
+    t = torrent_factory(16 << 20, 1 << 20, seed=5)
+    info = parse_file_info(t.conf()["FileInfo"])
+    node = swarm.start(0, t.conf([]), data=t.data)
+    assert swarm.wait_complete()
+    slow, stopped = _ask_everything(swarm, info), _ask_everything(swarm, info)
+    got, t_end = 0, time.monotonic() + 3.5
+    while time.monotonic() < t_end:  # ~160 KB/s: the 16 MiB reply would take 100 s
+        data = slow.recv(16 << 10)
+        assert data, "the node closed the link of a peer that was reading"
+        got += len(data)
+        gevent.sleep(0.1)
+    assert 0 < got < len(t.data) // 2
+    served = {c.sock.getpeername()[1] for c in node.swarm.clients if c.reason is None}
+    assert served == {slow.getsockname()[1]}  # the slow reader's link lives, the other's ended
+    assert closed_by_node(stopped, within=5.0)
+    slow.close()
+    stopped.close()

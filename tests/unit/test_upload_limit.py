@@ -1,14 +1,20 @@
-"""--max-upload-rate: a node's piece data goes out no faster than the limit, all peers together."""
+"""Uploads: --max-upload-rate holds for all peers together; the node's upload slots serve a few
+requests at a time, reject one that waits too long, and a seeder whose uplink is the limit sends
+each piece once before any twice."""
 
+import contextlib
+import os
 import time
 
+import gevent
 import pytest
+from gevent import socket
 
-from node import config
+from node import config, hub, wire
 from node.budget import UploadPace
 from node.config import ConfigError
 
-from swarmkit import LocalSwarm
+from swarmkit import LocalSwarm, decode_frames
 
 
 def test_pace_books_consecutive_slots():
@@ -55,3 +61,72 @@ def test_a_seeder_uploads_no_faster_than_its_limit(tmp_path, torrent_factory):
         assert swarm.file_bytes(1) == swarm.file_bytes(2) == t.data
     finally:
         swarm.stop_all()
+
+
+def _raw_peer(swarm, info):
+    """A raw peer linked to node 0, with no pieces; returns its socket."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.60", 0))
+    sock.connect((swarm.ip(0), swarm.port))
+    sock.sendall(wire.encode(wire.Hello(os.urandom(8), 0, info.meta_id)))
+    return sock
+
+
+def _answers(sock, n, within=8.0):
+    """The first n PIECES or REJECT frames from the node, as (kind, first)."""
+    buf, got = bytearray(), []
+    sock.settimeout(within)
+    deadline = time.monotonic() + within
+    while len(got) < n and time.monotonic() < deadline:
+        try:
+            data = sock.recv(1 << 16)
+        except socket.timeout:
+            break
+        if not data:
+            break
+        buf += data
+        got += [(type(m).__name__, m.first) for m in decode_frames(buf) if isinstance(m, (wire.Pieces, wire.Reject))]
+    return got
+
+
+@contextlib.contextmanager
+def one_slot_seeder(tmp_path, torrent_factory, monkeypatch, wait_s, size, rate, first_asks):
+    """A seeder with one upload slot, busy serving a first raw peer its request `first_asks`
+    (first, count), read in the background; yields (a second raw peer, the first one's answers)."""
+    monkeypatch.setattr(hub, "UPLOAD_SLOTS", 1)
+    monkeypatch.setattr(hub, "UPLOAD_WAIT_S", wait_s)
+    t = torrent_factory(size, 256 << 10, seed=32)
+    info = config.parse_file_info(t.conf()["FileInfo"])
+    swarm = LocalSwarm(tmp_path)
+    try:
+        swarm.start(0, t.conf([]), data=t.data, argv=("--max-upload-rate", rate))
+        assert swarm.wait_complete()
+        first, second = _raw_peer(swarm, info), _raw_peer(swarm, info)
+        first.sendall(wire.encode(wire.Request(*first_asks)))
+        first_got = gevent.spawn(_answers, first, 1)
+        gevent.sleep(0.2)
+        yield second, first_got
+        first.close()
+        second.close()
+    finally:
+        swarm.stop_all()
+
+
+def test_a_request_that_waits_too_long_for_an_upload_slot_is_rejected(tmp_path, torrent_factory, monkeypatch):
+    """The seeder serves UPLOAD_SLOTS requests at once; one that cannot start within UPLOAD_WAIT_S
+    is rejected, so its peer asks someone less busy instead of waiting on a queue."""
+    # 1 MiB at 256 KiB/s: the slot is busy 4 s
+    with one_slot_seeder(tmp_path, torrent_factory, monkeypatch, 0.5, 1 << 20, "256K", (0, 4)) as (peer, first):
+        peer.sendall(wire.encode(wire.Request(0, 1)))
+        assert _answers(peer, 1, within=3.0) == [("Reject", 0)]
+        assert first.get() == [("Pieces", 0)]
+
+
+def test_a_seeder_whose_uplink_is_the_limit_sends_each_piece_once_first(tmp_path, torrent_factory, monkeypatch):
+    """A request that queued for an upload slot, for a piece the seeder already sent while it has
+    pieces it never sent, is refused (the peer gets it from whoever got it); a new one is served."""
+    # 512 KiB at 512 KiB/s: the slot is busy 1 s
+    with one_slot_seeder(tmp_path, torrent_factory, monkeypatch, 10.0, 2 << 20, "512K", (0, 2)) as (peer, first):
+        peer.sendall(wire.encode(wire.Request(0, 1)) + wire.encode(wire.Request(2, 1)))
+        assert sorted(_answers(peer, 2)) == [("Pieces", 2), ("Reject", 0)]  # replies in any order
+        assert first.get() == [("Pieces", 0)]
