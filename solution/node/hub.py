@@ -1,8 +1,8 @@
 """What a link may ask of the rest of the node: the seam between one connection and the node.
 
 Rule: a link (conn.py) reaches the node only through its Hub: the pieces we hold, claiming and
-releasing pieces to fetch, chunk buffers, verify-and-write, sending from the file, learning
-peers and the metadata, and the replies every peer gets alike. Never through Node, NodeState or
+releasing pieces to fetch, chunk buffers, verify-and-write, the node's upload slots and
+sending from the file, learning peers and the metadata, and the replies every peer gets alike. Never through Node, NodeState or
 Storage directly; so a test drives a link against a fake hub, and the hub is the one place
 where a link's doings change the node's state.
 """

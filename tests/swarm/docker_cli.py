@@ -109,13 +109,18 @@ def states(names):
     return out
 
 
+NEVER = "0001-01-01T00:00:00Z"  # what Docker reports as FinishedAt before a container's first exit
+
+
 def started_at(name):
-    """(running, StartedAt RFC3339 string) of one container, or (False, None) if it is gone."""
-    proc = docker("inspect", "-f", "{{.State.Running}} {{.State.StartedAt}}", name, check=False)
+    """(running, StartedAt, FinishedAt) of one container as RFC3339 strings (FinishedAt: of its
+    previous life; None before the first), or (False, None, None) if it is gone."""
+    proc = docker("inspect", "-f", "{{.State.Running}} {{.State.StartedAt}} {{.State.FinishedAt}}",
+                  name, check=False)
     if proc.returncode != 0:
-        return False, None
-    running, stamp = proc.stdout.split()
-    return running == "true", stamp
+        return False, None, None
+    running, stamp, finished = proc.stdout.split()
+    return running == "true", stamp, None if finished == NEVER else finished
 
 
 def logs_tail(name, lines=40):

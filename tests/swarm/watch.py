@@ -39,7 +39,7 @@ class CompletionWatcher:
 
     def _follow(self, name):
         while not self._stop.is_set():
-            running, stamp = started_at(name)
+            running, stamp, finished = started_at(name)
             with self._lock:
                 if stamp != self._life.get(name) or not running:
                     self._done[name] = None
@@ -48,11 +48,15 @@ class CompletionWatcher:
             if not running:
                 self._stop.wait(STOPPED_POLL_S)
                 continue
-            self._read_life(name, stamp)
+            self._read_life(name, stamp, finished)
 
-    def _read_life(self, name, stamp):
-        """Stream NAME's log since STAMP until the container stops (or we are stopped)."""
-        proc = subprocess.Popen(["docker", "logs", "-f", "--since", stamp, name],
+    def _read_life(self, name, stamp, finished):
+        """Stream NAME's log of the life started at STAMP until the container stops (or we are
+        stopped). Not `--since STAMP`: a node's first lines can carry a timestamp a little before
+        its StartedAt (Docker records it after the process runs), and a node that completes at
+        once would be missed; the previous life ended at FINISHED, so what follows is this one's."""
+        since = ["--since", finished] if finished else []
+        proc = subprocess.Popen(["docker", "logs", "-f", *since, name],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, errors="replace",
                                 start_new_session=True)
