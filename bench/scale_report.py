@@ -9,7 +9,7 @@ import os
 import platform
 
 CURVE_SCENARIOS = ("W1", "W2", "W3", "W4")  # same caps, growing N: the T/T_min-vs-N curve
-COLORS = ["#2b7bba", "#e08a2c", "#3a9d5d", "#9b59b6", "#c0392b", "#7f8c8d"]
+COLORS = ["#2b7bba", "#e08a2c", "#3a9d5d", "#9b59b6", "#c0392b", "#7f8c8d", "#17becf", "#8c564b", "#bcbd22", "#e377c2"]
 
 
 def _q(xs, q):
