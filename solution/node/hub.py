@@ -2,9 +2,9 @@
 
 Rule: a link (conn.py) reaches the node only through its Hub: the pieces we hold, claiming and
 releasing pieces to fetch, chunk buffers, verify-and-write, the node's upload slots and
-sending from the file, learning peers and the metadata, and the replies every peer gets alike. Never through Node, NodeState or
-Storage directly; so a test drives a link against a fake hub, and the hub is the one place
-where a link's doings change the node's state.
+sending from the file, learning peers and the metadata, and the replies every peer gets alike.
+Never through Node, NodeState or Storage directly; so a test drives a link against a fake hub,
+and the hub is the one place where a link's doings change the node's state.
 """
 
 import time

@@ -284,4 +284,3 @@ class Swarm:
             now = time.monotonic()
             for c in list(self.state.conns.values()) + list(self.clients):
                 c.check(now)
-
