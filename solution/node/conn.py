@@ -77,7 +77,7 @@ class Conn:
         self._turn = None  # the loop's time when the reader last saw it: unchanged = we never waited
         self._frames_at = 0  # session.frames_in when the reader last waited or yielded
         self._queue = Queue()  # the writer's: frames, _KICK
-        self._serves = Queue()  # the server's: (first, count, arrived) the peer asked for
+        self._serves = Queue()  # the server's: (first, count, arrived, counted in the hub's queue)
         self._socket_turn = Semaphore()  # the writer and the server send whole frames in turn
         self._ask_after = 0.0  # we request nothing from the peer before this (it rejected us)
         self._kicked = False
@@ -139,6 +139,9 @@ class Conn:
         for g in (self._writer, self._server, self._verifier):
             if g is not None:
                 g.kill(block=True, timeout=CLEANUP_WAIT_S)
+        while not self._serves.empty():  # never served: the node's queue count gives them back
+            if self._serves.get_nowait()[3]:
+                self.hub.dequeued()
         self.sock.close()
         for _ in range(self._buffers_out):  # in the session or the pool: not reused
             self.hub.give_buffer(None)
@@ -237,12 +240,13 @@ class Conn:
         if t is Chunk:
             self._on_chunk(ev)
         elif t is wire.Request:
-            if hub.can_serve(ev.first, ev.count):
+            slow = self._is_slow()
+            if hub.can_serve(ev.first, ev.count) and (not slow or hub.queue_serve()):
                 self.budget.queued(0)
-                self._serves.put((ev.first, ev.count, time.monotonic()))
+                self._serves.put((ev.first, ev.count, time.monotonic(), slow))
                 if self._server is None:
                     self._server = gevent.spawn(self._serve_loop)
-            else:
+            else:  # we lack a piece, or too many requests wait for our upload already
                 self.send(s.reject(ev.first, ev.count))
         elif t is wire.Have:
             if hub.lacks(span_bits(ev.first, ev.count)) or hub.both_complete(s):
@@ -344,10 +348,16 @@ class Conn:
         is one the hub would rather not send twice yet (hub.spread_first)."""
         try:
             while True:
-                first, count, arrived = self._serves.get()
-                if not self._is_slow():
+                first, count, arrived, queued = self._serves.get()
+                slow = self._is_slow()
+                try:
+                    slot = slow and self.hub.upload_slot(arrived)
+                finally:
+                    if queued:  # waiting no more: served, rejected, or the link is gone
+                        self.hub.dequeued()
+                if not slow:
                     self._send(self._serve, first, count)
-                elif not self.hub.upload_slot(arrived):
+                elif not slot:
                     self.send(self.session.reject(first, count))
                 else:
                     try:

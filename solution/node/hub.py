@@ -24,6 +24,7 @@ REQUEST_QUEUE_S = 2.0  # and no request bigger than this long at the link's rate
 PACE_SLICE_BYTES = 64 << 10  # with an upload limit, piece data goes out in slices this big
 UPLOAD_SLOTS = 4  # requests served at once: on a capped uplink, a piece each peer can pass on soon
 UPLOAD_WAIT_S = 3.0  # a request that waits this long for a slot is rejected: the peer asks elsewhere
+UPLOAD_QUEUE = 4  # requests that may wait for a slot, node-wide; one more is rejected at once
 SPREAD_AFTER_WAIT_S = 0.5  # a seeder whose requests wait this long for a slot sends each piece once first
 
 
@@ -37,6 +38,7 @@ class Hub:
         self.storage = None  # once the file is known
         self.sources = set()  # peers that sent us at least one good piece
         self._slots = Semaphore(UPLOAD_SLOTS)
+        self._queued = 0  # requests accepted by queue_serve that have no slot yet
         self.uplink_slow = True  # as the last link measured found it: a new link starts so (conn.py)
         self._uplink_measured = False
         self._sent = 0  # pieces we began to send at least once
@@ -169,6 +171,20 @@ class Hub:
         return new, bad
 
     # -- serving ------------------------------------------------------------------------------
+    def queue_serve(self):
+        """May a request just come in on a slow link wait for a slot? No if every slot is busy
+        and UPLOAD_QUEUE wait already: rejected now, its peer asks another holder at once instead
+        of holding the claim here for UPLOAD_WAIT_S (the first holder of a new piece is asked by
+        all its neighbours at once). True: call dequeued() once it has a slot, is refused, or its
+        link ends."""
+        if self._slots.locked() and self._queued >= UPLOAD_QUEUE:
+            return False
+        self._queued += 1
+        return True
+
+    def dequeued(self):
+        self._queued -= 1
+
     def upload_slot(self, asked_at):
         """Take one of the node's upload slots for a request made at `asked_at` (monotonic),
         waiting until it is UPLOAD_WAIT_S old at most; False if none came free by then."""

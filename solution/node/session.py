@@ -326,9 +326,7 @@ class Session:
             entry = self.mine.pop(msg.first, None)
             if entry is None:
                 return None  # stale: we timed that request out already
-            span = span_bits(msg.first, entry[0])
-            self.mine_bits &= ~span
-            self.peer_has &= ~span
+            self.mine_bits &= ~span_bits(msg.first, entry[0])  # peer_has stays: "busy" is no "lack"
             return wire.Reject(msg.first, entry[0])
         elif t is wire.Meta:
             return self._on_meta(msg)

@@ -1,6 +1,6 @@
 """Uploads: --max-upload-rate holds for all peers together; the node's upload slots serve a few
-requests at a time, reject one that waits too long, and a seeder whose uplink is the limit sends
-each piece once before any twice."""
+requests at a time, reject one that waits too long or finds the queue full, and a seeder whose
+uplink is the limit sends each piece once before any twice."""
 
 import contextlib
 import os
@@ -92,7 +92,8 @@ def _answers(sock, n, within=8.0):
 @contextlib.contextmanager
 def one_slot_seeder(tmp_path, torrent_factory, monkeypatch, wait_s, size, rate, first_asks):
     """A seeder with one upload slot, busy serving a first raw peer its request `first_asks`
-    (first, count), read in the background; yields (a second raw peer, the first one's answers)."""
+    (first, count), read in the background; yields (a second raw peer, the first one's answers,
+    a function that links one more raw peer)."""
     monkeypatch.setattr(hub, "UPLOAD_SLOTS", 1)
     monkeypatch.setattr(hub, "UPLOAD_WAIT_S", wait_s)
     t = torrent_factory(size, 256 << 10, seed=32)
@@ -105,9 +106,10 @@ def one_slot_seeder(tmp_path, torrent_factory, monkeypatch, wait_s, size, rate, 
         first.sendall(wire.encode(wire.Request(*first_asks)))
         first_got = gevent.spawn(_answers, first, 1)
         gevent.sleep(0.2)
-        yield second, first_got
-        first.close()
-        second.close()
+        more = []
+        yield second, first_got, lambda: more.append(_raw_peer(swarm, info)) or more[-1]
+        for sock in [first, second] + more:
+            sock.close()
     finally:
         swarm.stop_all()
 
@@ -116,17 +118,49 @@ def test_a_request_that_waits_too_long_for_an_upload_slot_is_rejected(tmp_path, 
     """The seeder serves UPLOAD_SLOTS requests at once; one that cannot start within UPLOAD_WAIT_S
     is rejected, so its peer asks someone less busy instead of waiting on a queue."""
     # 1 MiB at 256 KiB/s: the slot is busy 4 s
-    with one_slot_seeder(tmp_path, torrent_factory, monkeypatch, 0.5, 1 << 20, "256K", (0, 4)) as (peer, first):
+    seeder = one_slot_seeder(tmp_path, torrent_factory, monkeypatch, 0.5, 1 << 20, "256K", (0, 4))
+    with seeder as (peer, first, _):
         peer.sendall(wire.encode(wire.Request(0, 1)))
         assert _answers(peer, 1, within=3.0) == [("Reject", 0)]
         assert first.get() == [("Pieces", 0)]
+
+
+def test_a_request_beyond_the_upload_queue_is_rejected_at_once(tmp_path, torrent_factory, monkeypatch):
+    """With every slot busy and UPLOAD_QUEUE requests waiting, one more is refused at once, not
+    after UPLOAD_WAIT_S: its peer asks another holder; the one that waits is served in turn."""
+    monkeypatch.setattr(hub, "UPLOAD_QUEUE", 1)
+    # 1 MiB at 256 KiB/s: the slot is busy 4 s, far less than the 10 s a request may wait
+    seeder = one_slot_seeder(tmp_path, torrent_factory, monkeypatch, 10.0, 1 << 20, "256K", (0, 4))
+    with seeder as (peer, first, _):
+        peer.sendall(wire.encode(wire.Request(0, 1)) + wire.encode(wire.Request(1, 1)))
+        assert _answers(peer, 1, within=2.0) == [("Reject", 1)]
+        assert first.get() == [("Pieces", 0)]
+        assert _answers(peer, 1) == [("Pieces", 0)]
+
+
+def test_a_link_that_goes_while_its_request_waits_gives_its_place_back(tmp_path, torrent_factory, monkeypatch):
+    """A request waiting for a slot on a link that then closes no longer counts against
+    UPLOAD_QUEUE: the next peer's request waits its turn and is served, not refused."""
+    monkeypatch.setattr(hub, "UPLOAD_QUEUE", 1)
+    # 1 MiB at 256 KiB/s: the slot is busy 4 s
+    seeder = one_slot_seeder(tmp_path, torrent_factory, monkeypatch, 10.0, 1 << 20, "256K", (0, 4))
+    with seeder as (peer, first, new_peer):
+        peer.sendall(wire.encode(wire.Request(0, 1)))  # the one place in the queue
+        gevent.sleep(0.3)
+        peer.close()  # EOF: the seeder ends that link at once
+        gevent.sleep(0.3)
+        late = new_peer()
+        late.sendall(wire.encode(wire.Request(1, 1)))
+        assert first.get() == [("Pieces", 0)]
+        assert _answers(late, 1) == [("Pieces", 1)]
 
 
 def test_a_seeder_whose_uplink_is_the_limit_sends_each_piece_once_first(tmp_path, torrent_factory, monkeypatch):
     """A request that queued for an upload slot, for a piece the seeder already sent while it has
     pieces it never sent, is refused (the peer gets it from whoever got it); a new one is served."""
     # 512 KiB at 512 KiB/s: the slot is busy 1 s
-    with one_slot_seeder(tmp_path, torrent_factory, monkeypatch, 10.0, 2 << 20, "512K", (0, 2)) as (peer, first):
+    seeder = one_slot_seeder(tmp_path, torrent_factory, monkeypatch, 10.0, 2 << 20, "512K", (0, 2))
+    with seeder as (peer, first, _):
         peer.sendall(wire.encode(wire.Request(0, 1)) + wire.encode(wire.Request(2, 1)))
         assert sorted(_answers(peer, 2)) == [("Pieces", 2), ("Reject", 0)]  # replies in any order
         assert first.get() == [("Pieces", 0)]
