@@ -106,9 +106,14 @@ def one_slot_seeder(tmp_path, torrent_factory, monkeypatch, wait_s, size, rate, 
         first.sendall(wire.encode(wire.Request(*first_asks)))
         first_got = gevent.spawn(_answers, first, 1)
         gevent.sleep(0.2)
-        more = []
-        yield second, first_got, lambda: more.append(_raw_peer(swarm, info)) or more[-1]
-        for sock in [first, second] + more:
+        socks = [first, second]
+
+        def new_peer():
+            socks.append(_raw_peer(swarm, info))
+            return socks[-1]
+
+        yield second, first_got, new_peer
+        for sock in socks:
             sock.close()
     finally:
         swarm.stop_all()
