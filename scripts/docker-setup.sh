@@ -56,7 +56,14 @@ install_compose_v2
 if ! timeout 5 docker info >/dev/null 2>&1; then
   log "starting dockerd"
   mkdir -p /var/log
-  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  # dockerd outlives this script: it must not hold a caller's open files (flock's lock, a pipe)
+  (
+    for fd in /proc/"$BASHPID"/fd/*; do
+      fd=${fd##*/}
+      [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+    done
+    exec nohup dockerd >/var/log/dockerd.log 2>&1
+  ) &
   for _ in $(seq 1 60); do
     timeout 5 docker info >/dev/null 2>&1 && break
     sleep 1
