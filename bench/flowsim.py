@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""A fluid model of the scale bench: one seeder, N downloaders, every link capped (W1 by default).
+
+Flows share each capped uplink and downlink max-min fairly (as TCP flows roughly do), in steps of
+DT seconds; on top of them runs the node's request and upload policy: the picker itself
+(solution/node/picker.py), PIPELINE_REQUESTS per link sized by the link's rate, one request served at a time per link,
+UPLOAD_SLOTS per node with UPLOAD_QUEUE waiting for UPLOAD_WAIT_S, REJECT and a back-off of
+REJECTED_WAIT_S, the seeder's spread-first rule, one HAVE per piece to every neighbour at once.
+Left out: TCP's own dynamics, handshakes, link churn, CPU, and the latency of frames.
+
+A W1 takes ~2 s of CPU here against ~3 min in the lab, so a policy can be tried over many seeds
+before it goes to the lab, which has the last word. Usage (figures: bench/README.md):
+
+    python3 bench/flowsim.py                      # W1 as the node is today, 5 seeds
+    python3 bench/flowsim.py --set slots=2 --set queue=8 --runs 10
+    python3 bench/flowsim.py --n 100 --trace      # utilisation of the downloaders' links by 10 s
+"""
+
+import argparse
+import dataclasses
+import os
+import random
+import statistics
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "solution"))
+from node import picker  # noqa: E402  (the node's own policy, pure: no gevent)
+
+DT = 0.02  # seconds per step: a 256 KiB piece at 4 Mbit/s is 26 steps
+PAYLOAD = 0.96  # TCP/IP headers take ~4% of a capped link (bench/shape.py's probe)
+
+
+@dataclasses.dataclass
+class Model:
+    n: int = 30  # downloaders
+    pieces: int = 128
+    piece_bytes: int = 256 << 10
+    mbit: float = 4.0  # every link's cap, both ways
+    seeder_x: float = 1.0  # the seeder's cap as a multiple of the others'
+    outbound: int = 8  # links each downloader opens (the seeder first), up to `inbound` per node
+    inbound: int = 24
+    # the node's policy; defaults as in solution/node (hub.py, conn.py), checked by the tests
+    slots: int = 4  # UPLOAD_SLOTS
+    queue: int = 4  # UPLOAD_QUEUE
+    wait: float = 3.0  # UPLOAD_WAIT_S
+    backoff: float = 1.0  # REJECTED_WAIT_S
+    pipeline: int = 3  # PIPELINE_REQUESTS
+    spread_wait: float = 0.5  # SPREAD_AFTER_WAIT_S; negative: no spread-first rule
+    first_run: int = 4  # pieces per request before the link's rate is known (REQUEST_BYTES_MIN)...
+    queue_s: float = 2.0  # ...then as many as it moves in this long, one at least (REQUEST_QUEUE_S)
+    limit: float = 600.0  # seconds simulated at most
+
+
+class Peer:
+    def __init__(self, i, cap, have):
+        self.i, self.cap, self.have = i, cap, have
+        self.requested = self.twice = self.sent = 0
+        self.links = {}  # neighbour index -> Link
+        self.slots = self.queued = 0
+        self.done_at = 0.0 if have else None
+
+
+class Link:
+    """One end of a link: our requests to the neighbour, and its requests to us."""
+
+    def __init__(self):
+        self.mine = []  # pieces we asked the neighbour for
+        self.ask_after = 0.0  # rejected: ask nothing before this
+        self.measured = False  # piece data came on it (the node then sizes requests by its rate)
+        self.rate = 0.0  # bytes/s of the last piece that came on it
+        self.serves = []  # the neighbour's requests to us, waiting: [run, asked at]
+        self.active = None  # the one being sent: [run, index in run, bytes left]
+
+
+class Sim:
+    def __init__(self, m, seed):
+        self.m, self.rng = m, random.Random(seed)
+        self.full = (1 << m.pieces) - 1
+        cap = m.mbit * 1e6 / 8 * PAYLOAD
+        self.peers = [Peer(0, cap * m.seeder_x, self.full)] + [Peer(i, cap, 0) for i in range(1, m.n + 1)]
+        inbound = [0] * len(self.peers)
+        for p in self.peers[1:]:
+            others = [j for j in range(len(self.peers)) if j != p.i]
+            self.rng.shuffle(others)
+            others.sort(key=lambda j: j != 0)
+            for j in others:
+                if len(p.links) >= m.outbound:
+                    break
+                if j not in p.links and inbound[j] < m.inbound:
+                    inbound[j] += 1
+                    p.links[j], self.peers[j].links[p.i] = Link(), Link()
+        self.t = 0.0
+        self.dirty = set(range(len(self.peers)))
+        self.trace = {}  # 10 s bucket -> [bytes up by downloaders, bytes down, steps]
+        self._flows_key = self._rates = None
+
+    # -- requesting ---------------------------------------------------------------------------
+    def fill(self, p):
+        if p.have == self.full:
+            return
+        links = list(p.links.items())
+        self.rng.shuffle(links)
+        swarm = [self.peers[j].have for j, _ in links]
+        for j, link in links:
+            while len(link.mine) < self.m.pipeline and self.t >= link.ask_after:
+                mine = 0
+                for q in link.mine:
+                    mine |= 1 << q
+                run = picker.pick(self.full & ~p.have, p.requested, self.peers[j].have, swarm, self.rng,
+                                  self.run_max(link), mine=mine, have_any=p.have != 0, twice=p.twice)
+                if run is None:
+                    break
+                span = picker.span_bits(*run)
+                p.twice |= span & p.requested
+                p.requested |= span
+                pieces = list(range(run[0], run[0] + run[1]))
+                link.mine += pieces
+                self.request(p, j, pieces)
+
+    def run_max(self, link):
+        m = self.m
+        if not link.measured:
+            return m.first_run
+        return max(1, min(m.first_run, int(link.rate * m.queue_s / m.piece_bytes)))
+
+    def request(self, p, j, run):
+        holder = self.peers[j]
+        if holder.slots >= self.m.slots and holder.queued >= self.m.queue:
+            self.reject(holder, p.i, run)
+        else:
+            holder.queued += 1
+            holder.links[p.i].serves.append([run, self.t])
+            self.dirty.add(j)
+
+    def reject(self, holder, i, run):
+        p = self.peers[i]
+        link = p.links[holder.i]
+        for q in run:
+            if q in link.mine:
+                link.mine.remove(q)
+                p.requested &= ~(1 << q) | p.have
+        link.ask_after = self.t + self.m.backoff
+        self.dirty.add(i)
+
+    # -- serving ------------------------------------------------------------------------------
+    def serve(self, h):
+        m = self.m
+        for i, link in h.links.items():
+            while link.active is None and link.serves:
+                run, asked = link.serves[0]
+                if h.slots < m.slots:
+                    link.serves.pop(0)
+                    h.queued -= 1
+                    span = 0
+                    for q in run:
+                        span |= 1 << q
+                    if (0 <= m.spread_wait <= self.t - asked and h.have == self.full
+                            and span & h.sent == span and self.full & ~h.sent):
+                        self.reject(h, i, run)  # the seeder sends each piece once first
+                        continue
+                    h.slots += 1
+                    h.sent |= span
+                    link.active = [run, 0, float(m.piece_bytes), self.t]
+                elif self.t - asked >= m.wait:
+                    link.serves.pop(0)
+                    h.queued -= 1
+                    self.reject(h, i, run)
+                else:
+                    break
+
+    # -- flows --------------------------------------------------------------------------------
+    def rates(self, flows):
+        """Max-min fair shares: fill every flow until its uplink or downlink is full, the
+        tightest first (progressive filling)."""
+        left = {("u", h.i): h.cap for h in self.peers}
+        left.update({("d", h.i): h.cap for h in self.peers})
+        rate, todo = [0.0] * len(flows), set(range(len(flows)))
+        while todo:
+            users = {}
+            for k in todo:
+                h, i = flows[k]
+                users.setdefault(("u", h.i), []).append(k)
+                users.setdefault(("d", i), []).append(k)
+            res = min(users, key=lambda r: left[r] / len(users[r]))
+            share = left[res] / len(users[res])
+            for k in users[res]:
+                h, i = flows[k]
+                rate[k] = share
+                left[("u", h.i)] -= share
+                left[("d", i)] -= share
+                todo.discard(k)
+        return rate
+
+    def step(self):
+        flows = [(h, i) for h in self.peers for i, link in h.links.items() if link.active is not None]
+        key = [(h.i, i) for h, i in flows]
+        if key != self._flows_key:
+            self._flows_key, self._rates = key, self.rates(flows)
+        tr = self.trace.setdefault(int(self.t // 10) * 10, [0.0, 0.0, 0])
+        tr[2] += 1
+        self.t += DT
+        for (h, i), r in zip(flows, self._rates):
+            tr[0] += r * DT if h.i else 0.0
+            tr[1] += r * DT
+            link = h.links[i]
+            link.active[2] -= r * DT
+            if link.active[2] <= 0:
+                run, k = link.active[0], link.active[1]
+                self.peers[i].links[h.i].rate = self.m.piece_bytes / max(DT, self.t - link.active[3])
+                if k + 1 < len(run):
+                    link.active = [run, k + 1, float(self.m.piece_bytes), self.t]
+                else:
+                    link.active = None
+                    h.slots -= 1
+                self.dirty.add(h.i)
+                self.arrive(self.peers[i], h.i, run[k])
+
+    def arrive(self, p, frm, q):
+        link = p.links[frm]
+        link.measured = True
+        if q in link.mine:
+            link.mine.remove(q)
+        if not p.have >> q & 1:
+            p.have |= 1 << q
+            if p.have == self.full:
+                p.done_at = self.t
+            self.dirty.add(p.i)
+            self.dirty.update(p.links)  # the HAVE
+
+    def run(self):
+        steps_per_s = round(1 / DT)
+        tick = 0
+        while any(p.done_at is None for p in self.peers) and self.t < self.m.limit:
+            if tick % steps_per_s == 0:  # housekeeping: back-offs run out, queued requests time out
+                self.dirty.update(range(len(self.peers)))
+            tick += 1
+            for _ in range(3):
+                dirty, self.dirty = self.dirty, set()
+                for i in dirty:
+                    self.serve(self.peers[i])
+                for i in dirty:
+                    self.fill(self.peers[i])
+                if not self.dirty:
+                    break
+            self.step()
+        return [p.done_at if p.done_at is not None else self.m.limit for p in self.peers[1:]]
+
+    def t_min(self):
+        m = self.m
+        f, u = m.pieces * m.piece_bytes, m.mbit * 1e6 / 8
+        return max(f / (u * m.seeder_x), f / u, m.n * f / (u * m.seeder_x + m.n * u))
+
+
+def summary(done, t_min):
+    done = sorted(done)
+    return done[len(done) // 2] / t_min, done[-1] / t_min
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=Model.n)
+    p.add_argument("--runs", type=int, default=5, help="seeds 1..runs (topology and picks)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a Model field, e.g. slots=2 (see Model)")
+    p.add_argument("--trace", action="store_true", help="per 10 s: the links' use, downloaders' up and down")
+    a = p.parse_args(argv)
+    m = Model(n=a.n)
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        if k not in {f.name for f in dataclasses.fields(Model)}:
+            p.error(f"--set {kv}: no field {k!r} in Model")
+        setattr(m, k, type(getattr(m, k))(v))
+    res = []
+    for seed in range(1, a.runs + 1):
+        sim = Sim(m, seed)
+        res.append(summary(sim.run(), sim.t_min()))
+        print(f"seed {seed}: p50 {res[-1][0]:.2f}x  p100 {res[-1][1]:.2f}x T_min ({sim.t_min():.1f} s)")
+        if a.trace:
+            cap = m.mbit * 1e6 / 8 * m.n
+            for b, (up, down, steps) in sorted(sim.trace.items()):
+                print(f"  {b:4d} s  downloaders' uplinks {up / (steps * DT) / cap:.2f}  downlinks {down / (steps * DT) / cap:.2f}")
+    print(f"median of {a.runs}: p50 {statistics.median(r[0] for r in res):.2f}x  "
+          f"p100 {statistics.median(r[1] for r in res):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""bench/flowsim.py, the fluid model of the scale bench: its physics, and that it models the node."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+flowsim = pytest.importorskip("flowsim")
+
+from node import conn, hub, peers  # noqa: E402
+
+
+def test_the_model_defaults_are_the_nodes_constants():
+    m = flowsim.Model()
+    assert (m.slots, m.queue, m.wait) == (hub.UPLOAD_SLOTS, hub.UPLOAD_QUEUE, hub.UPLOAD_WAIT_S)
+    assert (m.pipeline, m.spread_wait) == (hub.PIPELINE_REQUESTS, hub.SPREAD_AFTER_WAIT_S)
+    assert (m.first_run, m.queue_s) == (hub.REQUEST_BYTES_MIN // m.piece_bytes, hub.REQUEST_QUEUE_S)
+    assert m.backoff == conn.REJECTED_WAIT_S
+    assert (m.outbound, m.inbound) == (peers.MAX_OUTBOUND, peers.MAX_INBOUND)
+
+
+def test_flows_share_links_max_min_fairly():
+    sim = flowsim.Sim(flowsim.Model(n=3, outbound=0), seed=1)
+    a, b, c, d = sim.peers
+    for p in sim.peers:
+        p.cap = 1.0
+    # a sends to b and c; d sends to c too: c's downlink is the tightest, split 1/2 and 1/2,
+    # and a's uplink gives what c's flow leaves to b
+    got = sim.rates([(a, b.i), (a, c.i), (d, c.i)])
+    assert got == pytest.approx([0.5, 0.5, 0.5])
+    got = sim.rates([(a, b.i), (a, c.i), (a, d.i)])
+    assert got == pytest.approx([1 / 3] * 3)
+
+
+def test_one_downloader_takes_the_file_at_its_links_payload_rate():
+    m = flowsim.Model(n=1, pieces=16)
+    sim = flowsim.Sim(m, seed=1)
+    (done,) = sim.run()
+    payload_rate = m.mbit * 1e6 / 8 * flowsim.PAYLOAD
+    # each transfer ends on a step's boundary: up to one step lost per piece
+    assert done == pytest.approx(m.pieces * m.piece_bytes / payload_rate + m.pieces * flowsim.DT / 2,
+                                 abs=m.pieces * flowsim.DT / 2)
+
+
+def test_a_swarm_completes_and_never_beats_the_bound():
+    m = flowsim.Model(n=8, pieces=32)
+    sim = flowsim.Sim(m, seed=3)
+    done = sim.run()
+    assert all(t < m.limit for t in done), "every downloader gets every piece"
+    assert all(p.have == sim.full for p in sim.peers)
+    assert min(done) >= sim.t_min() / flowsim.PAYLOAD - flowsim.DT
+
+
+def test_an_unknown_model_field_is_named():
+    with pytest.raises(SystemExit):
+        flowsim.main(["--runs", "1", "--set", "slotz=2"])
