@@ -3,9 +3,10 @@
 
 Flows share each capped uplink and downlink max-min fairly (as TCP flows roughly do), in steps of
 DT seconds; on top of them runs the node's request and upload policy: the picker itself
-(solution/node/picker.py), PIPELINE_REQUESTS per link sized by the link's rate, one request served at a time per link,
-UPLOAD_SLOTS per node with UPLOAD_QUEUE waiting for UPLOAD_WAIT_S, REJECT and a back-off of
-REJECTED_WAIT_S, the seeder's spread-first rule, one HAVE per piece to every neighbour at once.
+(solution/node/picker.py), PIPELINE_REQUESTS per link sized by the link's rate, one request
+served at a time per link, UPLOAD_SLOTS per node with UPLOAD_QUEUE waiting for UPLOAD_WAIT_S,
+REJECT and a back-off of REJECTED_WAIT_S, the seeder's spread-first rule, one HAVE per piece to
+every neighbour at once.
 Left out: TCP's own dynamics, handshakes, link churn, CPU, and the latency of frames.
 
 A W1 takes ~2 s of CPU here against ~3 min in the lab, so a policy can be tried over many seeds
@@ -69,7 +70,7 @@ class Link:
         self.measured = False  # piece data came on it (the node then sizes requests by its rate)
         self.rate = 0.0  # bytes/s of the last piece that came on it
         self.serves = []  # the neighbour's requests to us, waiting: [run, asked at]
-        self.active = None  # the one being sent: [run, index in run, bytes left]
+        self.active = None  # the one being sent: [run, index in run, bytes left, piece began at]
 
 
 class Sim:
@@ -138,7 +139,8 @@ class Sim:
         for q in run:
             if q in link.mine:
                 link.mine.remove(q)
-                p.requested &= ~(1 << q) | p.have
+                if not p.have >> q & 1:
+                    p.requested &= ~(1 << q)
         link.ask_after = self.t + self.m.backoff
         self.dirty.add(i)
 
@@ -151,9 +153,7 @@ class Sim:
                 if h.slots < m.slots:
                     link.serves.pop(0)
                     h.queued -= 1
-                    span = 0
-                    for q in run:
-                        span |= 1 << q
+                    span = picker.span_bits(run[0], len(run))  # runs are consecutive pieces
                     if (0 <= m.spread_wait <= self.t - asked and h.have == self.full
                             and span & h.sent == span and self.full & ~h.sent):
                         self.reject(h, i, run)  # the seeder sends each piece once first
@@ -205,19 +205,19 @@ class Sim:
             link = h.links[i]
             link.active[2] -= r * DT
             if link.active[2] <= 0:
-                run, k = link.active[0], link.active[1]
-                self.peers[i].links[h.i].rate = self.m.piece_bytes / max(DT, self.t - link.active[3])
+                run, k, _, began = link.active
+                rate = self.m.piece_bytes / max(DT, self.t - began)
                 if k + 1 < len(run):
                     link.active = [run, k + 1, float(self.m.piece_bytes), self.t]
                 else:
                     link.active = None
                     h.slots -= 1
                 self.dirty.add(h.i)
-                self.arrive(self.peers[i], h.i, run[k])
+                self.arrive(self.peers[i], h.i, run[k], rate)
 
-    def arrive(self, p, frm, q):
+    def arrive(self, p, frm, q, rate):
         link = p.links[frm]
-        link.measured = True
+        link.measured, link.rate = True, rate
         if q in link.mine:
             link.mine.remove(q)
         if not p.have >> q & 1:
