@@ -6,7 +6,7 @@ DT seconds; on top of them runs the node's request and upload policy: the picker
 (solution/node/picker.py), PIPELINE_REQUESTS per link sized by the link's rate, one request
 served at a time per link, UPLOAD_SLOTS per node with UPLOAD_QUEUE waiting for UPLOAD_WAIT_S,
 REJECT and a back-off of REJECTED_WAIT_S, the seeder's spread-first rule, one HAVE per piece to
-every neighbour at once.
+every neighbour at once. Designs the node does not have are options, off by default (`steal`).
 Left out: TCP's own dynamics, handshakes, link churn, CPU, and the latency of frames.
 
 A W1 takes ~2 s of CPU here against ~3 min in the lab, so a policy can be tried over many seeds
@@ -50,6 +50,9 @@ class Model:
     first_run: int = 4  # pieces per request before the link's rate is known (REQUEST_BYTES_MIN)...
     queue_s: float = 2.0  # ...then as many as it moves in this long, one at least (REQUEST_QUEUE_S)
     limit: float = 600.0  # seconds simulated at most
+    # a design, not the node's: a holder with a free slot and nothing new for a link takes half of
+    steal: int = 0  # what is left of a piece that link's owner is getting from another holder (1: on)
+    steal_min: float = 0.25  # ...if at least this much of a piece is left
 
 
 class Peer:
@@ -59,6 +62,7 @@ class Peer:
         self.links = {}  # neighbour index -> Link
         self.slots = self.queued = 0
         self.done_at = 0.0 if have else None
+        self.split = {}  # piece -> its parts still in flight, once split between two holders (steal)
 
 
 class Link:
@@ -91,6 +95,7 @@ class Sim:
                     inbound[j] += 1
                     p.links[j], self.peers[j].links[p.i] = Link(), Link()
         self.t = 0.0
+        self.steals = 0
         self.dirty = set(range(len(self.peers)))
         self.trace = {}  # 10 s bucket -> [bytes up by downloaders, bytes down, steps]
         self._flows_key = self._rates = None
@@ -110,6 +115,8 @@ class Sim:
                 run = picker.pick(self.full & ~p.have, p.requested, self.peers[j].have, swarm, self.rng,
                                   self.run_max(link), mine=mine, have_any=p.have != 0, twice=p.twice)
                 if run is None:
+                    if self.m.steal and not link.mine:
+                        self.steal(p, j)
                     break
                 span = picker.span_bits(*run)
                 p.twice |= span & p.requested
@@ -117,6 +124,30 @@ class Sim:
                 pieces = list(range(run[0], run[0] + run[1]))
                 link.mine += pieces
                 self.request(p, j, pieces)
+
+    def steal(self, p, j):
+        """Holder j could serve p at once but has nothing new for it: j takes over half of the
+        largest remainder of a piece p is getting from someone else (a byte range of it)."""
+        holder = self.peers[j]
+        if holder.slots >= self.m.slots or holder.queued:
+            return
+        best, left = None, self.m.steal_min * self.m.piece_bytes
+        for i in p.links:
+            active = self.peers[i].links[p.i].active if i != j else None
+            if active is not None and active[2] > left:
+                q = active[0][active[1]]
+                if holder.have >> q & 1 and q not in p.split:
+                    best, left = active, active[2]
+        if best is None:
+            return
+        q, half = best[0][best[1]], best[2] / 2
+        best[2] -= half
+        p.split[q] = 2
+        p.links[j].mine.append(q)
+        holder.queued += 1
+        holder.links[p.i].serves.append([[q], self.t, half])
+        self.steals += 1
+        self.dirty.add(j)
 
     def run_max(self, link):
         m = self.m
@@ -130,7 +161,7 @@ class Sim:
             self.reject(holder, p.i, run)
         else:
             holder.queued += 1
-            holder.links[p.i].serves.append([run, self.t])
+            holder.links[p.i].serves.append([run, self.t, None])
             self.dirty.add(j)
 
     def reject(self, holder, i, run):
@@ -139,7 +170,7 @@ class Sim:
         for q in run:
             if q in link.mine:
                 link.mine.remove(q)
-                if not p.have >> q & 1:
+                if not p.have >> q & 1 and q not in p.split:  # split: its parts are in flight
                     p.requested &= ~(1 << q)
         link.ask_after = self.t + self.m.backoff
         self.dirty.add(i)
@@ -149,18 +180,18 @@ class Sim:
         m = self.m
         for i, link in h.links.items():
             while link.active is None and link.serves:
-                run, asked = link.serves[0]
-                if h.slots < m.slots:
+                run, asked, part = link.serves[0]  # part: bytes of a stolen piece, else None
+                if h.slots < m.slots or part:  # a part was asked of an idle holder: at once
                     link.serves.pop(0)
                     h.queued -= 1
                     span = picker.span_bits(run[0], len(run))  # runs are consecutive pieces
-                    if (0 <= m.spread_wait <= self.t - asked and h.have == self.full
+                    if (part is None and 0 <= m.spread_wait <= self.t - asked and h.have == self.full
                             and span & h.sent == span and self.full & ~h.sent):
                         self.reject(h, i, run)  # the seeder sends each piece once first
                         continue
                     h.slots += 1
                     h.sent |= span
-                    link.active = [run, 0, float(m.piece_bytes), self.t]
+                    link.active = [run, 0, float(part or m.piece_bytes), self.t, part]
                 elif self.t - asked >= m.wait:
                     link.serves.pop(0)
                     h.queued -= 1
@@ -205,10 +236,10 @@ class Sim:
             link = h.links[i]
             link.active[2] -= r * DT
             if link.active[2] <= 0:
-                run, k, _, began = link.active
-                rate = self.m.piece_bytes / max(DT, self.t - began)
+                run, k, _, began, part = link.active
+                rate = None if part else self.m.piece_bytes / max(DT, self.t - began)
                 if k + 1 < len(run):
-                    link.active = [run, k + 1, float(self.m.piece_bytes), self.t]
+                    link.active = [run, k + 1, float(self.m.piece_bytes), self.t, None]
                 else:
                     link.active = None
                     h.slots -= 1
@@ -217,9 +248,15 @@ class Sim:
 
     def arrive(self, p, frm, q, rate):
         link = p.links[frm]
-        link.measured, link.rate = True, rate
+        if rate is not None:  # a part's time says nothing of the link's rate
+            link.measured, link.rate = True, rate
         if q in link.mine:
             link.mine.remove(q)
+        if q in p.split:
+            p.split[q] -= 1
+            if p.split[q]:
+                return  # the other part is still coming
+            del p.split[q]
         if not p.have >> q & 1:
             p.have |= 1 << q
             if p.have == self.full:
@@ -274,7 +311,8 @@ def main(argv=None):
     for seed in range(1, a.runs + 1):
         sim = Sim(m, seed)
         res.append(summary(sim.run(), sim.t_min()))
-        print(f"seed {seed}: p50 {res[-1][0]:.2f}x  p100 {res[-1][1]:.2f}x T_min ({sim.t_min():.1f} s)")
+        print(f"seed {seed}: p50 {res[-1][0]:.2f}x  p100 {res[-1][1]:.2f}x T_min ({sim.t_min():.1f} s)"
+              + (f", {sim.steals} pieces split" if m.steal else ""))
         if a.trace:
             cap = m.mbit * 1e6 / 8 * m.n
             for b, (up, down, steps) in sorted(sim.trace.items()):

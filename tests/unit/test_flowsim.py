@@ -55,3 +55,13 @@ def test_a_swarm_completes_and_never_beats_the_bound():
 def test_an_unknown_model_field_is_named():
     with pytest.raises(SystemExit):
         flowsim.main(["--runs", "1", "--set", "slotz=2"])
+
+
+def test_stealing_splits_pieces_and_the_swarm_still_gets_every_byte():
+    m = flowsim.Model(n=8, pieces=32, steal=1)
+    sim = flowsim.Sim(m, seed=3)
+    done = sim.run()
+    assert sim.steals > 0, "an idle holder took over part of a piece"
+    assert all(t < m.limit for t in done) and all(p.have == sim.full for p in sim.peers)
+    assert not any(p.split for p in sim.peers), "every split piece's two parts arrived"
+    assert min(done) >= sim.t_min() / flowsim.PAYLOAD - flowsim.DT
