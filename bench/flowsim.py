@@ -6,7 +6,8 @@ DT seconds; on top of them runs the node's request and upload policy: the picker
 (solution/node/picker.py), PIPELINE_REQUESTS per link sized by the link's rate, one request
 served at a time per link, UPLOAD_SLOTS per node with UPLOAD_QUEUE waiting for UPLOAD_WAIT_S,
 REJECT and a back-off of REJECTED_WAIT_S, the seeder's spread-first rule, one HAVE per piece to
-every neighbour at once. Designs the node does not have are options, off by default (`steal`).
+every neighbour at once. Designs the node does not have are options, off by default (`steal`,
+`match`).
 Left out: TCP's own dynamics, handshakes, link churn, CPU, and the latency of frames.
 
 A W1 takes ~2 s of CPU here against ~3 min in the lab, so a policy can be tried over many seeds
@@ -53,6 +54,7 @@ class Model:
     # a design, not the node's: a holder with a free slot and nothing new for a link takes half of
     steal: int = 0  # what is left of a piece that link's owner is getting from another holder (1: on)
     steal_min: float = 0.25  # ...if at least this much of a piece is left
+    match: int = 0  # a design: a free slot goes to the waiting requester with the fewest pieces coming in
 
 
 class Peer:
@@ -136,12 +138,13 @@ class Sim:
             active = self.peers[i].links[p.i].active if i != j else None
             if active is not None and active[2] > left:
                 q = active[0][active[1]]
-                if holder.have >> q & 1 and q not in p.split:
+                if holder.have >> q & 1 and not p.have >> q & 1 and q not in p.split:
                     best, left = active, active[2]
         if best is None:
             return
         q, half = best[0][best[1]], best[2] / 2
         best[2] -= half
+        best[4] = best[2]  # what is left of it is a part now
         p.split[q] = 2
         p.links[j].mine.append(q)
         holder.queued += 1
@@ -176,9 +179,16 @@ class Sim:
         self.dirty.add(i)
 
     # -- serving ------------------------------------------------------------------------------
+    def incoming(self, i):
+        """Transfers under way to peer i (what `match` would need the requester to tell)."""
+        return sum(1 for j in self.peers[i].links if self.peers[j].links[i].active is not None)
+
     def serve(self, h):
         m = self.m
-        for i, link in h.links.items():
+        links = list(h.links.items())
+        if m.match:  # else in link order (the node hands its slots out first come)
+            links.sort(key=lambda item: self.incoming(item[0]))
+        for i, link in links:
             while link.active is None and link.serves:
                 run, asked, part = link.serves[0]  # part: bytes of a stolen piece, else None
                 if h.slots < m.slots or part:  # a part was asked of an idle holder: at once
@@ -244,16 +254,16 @@ class Sim:
                     link.active = None
                     h.slots -= 1
                 self.dirty.add(h.i)
-                self.arrive(self.peers[i], h.i, run[k], rate)
+                self.arrive(self.peers[i], h.i, run[k], rate, part is not None)
 
-    def arrive(self, p, frm, q, rate):
+    def arrive(self, p, frm, q, rate, part=False):
         link = p.links[frm]
         if rate is not None:  # a part's time says nothing of the link's rate
             link.measured, link.rate = True, rate
         if q in link.mine:
             link.mine.remove(q)
         if q in p.split:
-            p.split[q] -= 1
+            p.split[q] -= 1 if part else p.split[q]  # a whole copy (endgame) makes the parts moot
             if p.split[q]:
                 return  # the other part is still coming
             del p.split[q]
