@@ -51,10 +51,10 @@ class Model:
     first_run: int = 4  # pieces per request before the link's rate is known (REQUEST_BYTES_MIN)...
     queue_s: float = 2.0  # ...then as many as it moves in this long, one at least (REQUEST_QUEUE_S)
     limit: float = 600.0  # seconds simulated at most
-    # a design, not the node's: a holder with a free slot and nothing new for a link takes half of
-    steal: int = 0  # what is left of a piece that link's owner is getting from another holder (1: on)
+    # designs, not the node's (1: on); see Sim.steal and Sim.serve
+    steal: int = 0  # an idle holder takes over half of what is left of a piece coming from another
     steal_min: float = 0.25  # ...if at least this much of a piece is left
-    match: int = 0  # a design: a free slot goes to the waiting requester with the fewest pieces coming in
+    match: int = 0  # a free slot goes to the waiting requester with the fewest transfers coming in
 
 
 class Peer:
@@ -75,8 +75,9 @@ class Link:
         self.ask_after = 0.0  # rejected: ask nothing before this
         self.measured = False  # piece data came on it (the node then sizes requests by its rate)
         self.rate = 0.0  # bytes/s of the last piece that came on it
-        self.serves = []  # the neighbour's requests to us, waiting: [run, asked at]
-        self.active = None  # the one being sent: [run, index in run, bytes left, piece began at]
+        self.serves = []  # the neighbour's requests to us, waiting: [run, asked at, part]
+        self.active = None  # being sent: [run, index in run, bytes left, piece began at, part]
+        # part: bytes of a piece split by `steal` (truthy), else None
 
 
 class Sim:
