@@ -422,9 +422,9 @@ class Conn:
         if s.info is None and hub.info is not None:
             s.set_info(hub.info, hub.chunk_pieces)
         out = s.ask_meta() if s.info is None else s.announce(hub.have, hub.complete)
-        if s.peers_version != hub.peers_version:
+        if s.peers_version != hub.peers_version:  # only what was verified since: O(new), not O(all)
             own = self.entry.addr if self.entry else None
-            out += s.share_peers([a for a in hub.peer_addrs() if a != own], hub.peers_version)
+            out += s.share_peers([a for a in hub.peer_addrs(s.peers_version) if a != own], hub.peers_version)
         done = s.info is not None and hub.both_complete(s)
         now = time.monotonic()
         if s.info is not None and not done and len(s.mine) < PIPELINE_REQUESTS and now >= self._ask_after:

@@ -250,8 +250,9 @@ class Hub:
     def peers_version(self):
         return self.state.verified_version
 
-    def peer_addrs(self):
-        return self.state.verified_addrs()
+    def peer_addrs(self, since):
+        """Verified addresses added since version `since` of the list."""
+        return self.state.verified_addrs(since)
 
     def learn_peers(self, addrs):
         for addr in addrs:

@@ -131,7 +131,7 @@ class Session:
         # what we told the peer
         self.sent_have = None  # None: no BITFIELD yet
         self.sent_peers = set()
-        self.peers_version = -1  # the version of the node's peer list at our last PEERS
+        self.peers_version = 0  # how much of the node's peer list (hub.peer_addrs) we went through
         self.last_rx = now
         self.frames_in = 0  # frames read from the peer, of every kind
         self.last_data = None  # when piece data last arrived (None: never)
@@ -406,9 +406,13 @@ class Session:
         return wire.encode(wire.Bitfield(have.to_bytes((self.info.n_pieces + 7) // 8, "little")))
 
     def share_peers(self, addrs, version):
-        """PEERS with the addresses not told to this peer yet, from version `version` of the list."""
-        self.peers_version = version
-        fresh = [a for a in addrs if a not in self.sent_peers][:wire.MAX_PEERS_PER_FRAME]
+        """PEERS with those of `addrs` (the node's list since our peers_version, up to `version`)
+        not told to this peer yet. Past one frame's worth, the rest waits for the next call."""
+        fresh = [a for a in addrs if a not in self.sent_peers]
+        if len(fresh) > wire.MAX_PEERS_PER_FRAME:
+            fresh = fresh[:wire.MAX_PEERS_PER_FRAME]  # peers_version stays: what is sent is skipped
+        else:
+            self.peers_version = version
         if not fresh:
             return []
         self.sent_peers.update(fresh)

@@ -121,7 +121,8 @@ class NodeState:
         self.have_count = 0
         self.peers = {}  # (ip, port) -> PeerEntry
         self.conns = {}  # peer node_id -> connection
-        self.verified_version = 0  # bumped when an address joins verified_addrs()
+        self.verified = []  # PeerEntry, in the order their first handshake succeeded
+        self.verified_version = 0  # len(verified): a link shares what came after the version it saw
         self.counters = dict(bytes_in=0, bytes_out=0, pieces_in=0, pieces_bad=0, dup_pieces=0,
                              requests_sent=0, bans=0, dials=0)
         self.rates = {"in": 0.0, "out": 0.0}  # bytes/s over the last progress interval
@@ -247,11 +248,13 @@ class NodeState:
     def mark_verified(self, entry):
         if not entry.verified:
             entry.handshaken()
-            self.verified_version += 1
+            self.verified.append(entry)
+            self.verified_version = len(self.verified)
             self._notify(Change.PEERS)
 
-    def verified_addrs(self):
-        return [e.addr for e in self.peers.values() if e.verified and not e.is_self]
+    def verified_addrs(self, since=0):
+        """Addresses that took a handshake, from version `since` on (entries are never dropped)."""
+        return [e.addr for e in self.verified[since:] if not e.is_self]
 
     # -- links --------------------------------------------------------------------------------
     def link_up(self, peer_id, conn):

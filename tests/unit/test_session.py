@@ -273,3 +273,20 @@ def test_pair_conversation():
     assert not p.b.overdue(now=1.0) and p.b.overdue(now=100.0)
     # close: what we had asked for and not got comes back, to release
     assert p.b.close() == span_bits(3, 1) and p.b.phase is Phase.CLOSED
+
+
+def test_peer_exchange_sends_each_address_once_and_a_long_list_in_frames():
+    s = opened()
+    first = [("10.0.%d.%d" % (i >> 8, i & 255), 6881) for i in range(3)]
+    (frame,) = s.share_peers(first, version=3)
+    assert wire.decode_payload(wire.PEERS, frame[wire.HEADER.size:]).addrs == tuple(first)
+    assert s.peers_version == 3
+    # the node's list grew: only the new part is passed, and one already told is not repeated
+    assert s.share_peers([first[0]], version=4) == [] and s.peers_version == 4
+    many = [("10.1.%d.%d" % (i >> 8, i & 255), 6881) for i in range(wire.MAX_PEERS_PER_FRAME + 5)]
+    (frame,) = s.share_peers(many, version=4 + len(many))
+    assert len(wire.decode_payload(wire.PEERS, frame[wire.HEADER.size:]).addrs) == wire.MAX_PEERS_PER_FRAME
+    assert s.peers_version == 4  # not all told: the caller passes the same part again
+    (frame,) = s.share_peers(many, version=4 + len(many))
+    assert wire.decode_payload(wire.PEERS, frame[wire.HEADER.size:]).addrs == tuple(many[-5:])
+    assert s.peers_version == 4 + len(many)

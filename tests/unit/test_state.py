@@ -341,3 +341,7 @@ def test_mark_verified_notifies_once_and_lists_verified_addresses(node):
     node.mark_verified(c)
     assert node.events == ["peers", "peers"]
     assert node.verified_addrs() == [A]
+    # a link that went through the list up to version v gets only what was verified after it
+    v = node.verified_version
+    node.mark_verified(b)
+    assert node.verified_addrs(since=v) == [B] and node.verified_addrs() == [A, B]
