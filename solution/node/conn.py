@@ -157,18 +157,20 @@ class Conn:
 
     def _next_event(self):
         s = self.session
+        more = False
         while True:
-            ev = s.next_event()
+            ev = NEED_DATA if more else s.next_event()
             if ev is NEED_DATA:
                 if self.reason is not None:  # closed from elsewhere: data may still sit in the socket
                     raise Closed(self.reason, self.detail)
                 view = s.recv_view()
-                if self._lowat is not None and (s.into_chunk or self._lowat != 1):
-                    self._set_lowat(view)
+                slow = s.into_chunk and s.rate is not None and s.rate < RCVLOWAT_BELOW_RATE
+                if self._lowat is not None and (slow or self._lowat != 1):
+                    self._set_lowat(min(len(view), RCVLOWAT_MAX) if slow else 1)
                 n = self.sock.recv_into(view)
                 if not n:
                     raise EOFError("peer closed the connection")
-                s.received(n, time.monotonic())
+                more = s.received(n, time.monotonic())
                 self._share_time()
             elif ev is NEED_BUFFER:
                 buf = self.hub.take_buffer(self.ending)  # waits while the node has enough in flight
@@ -190,12 +192,9 @@ class Conn:
             gevent.sleep(0)
             self._turn, self._frames_at = self._loop.now(), frames
 
-    def _set_lowat(self, view):
-        """On a slow link, wake the reader only once part of the piece data for view is in (never
-        more than the peer is sending): packets arrive one by one, and a wake-up each cost 10x the CPU."""
-        s = self.session
-        slow = s.rate is not None and s.rate < RCVLOWAT_BELOW_RATE
-        n = min(len(view), RCVLOWAT_MAX) if slow and s.into_chunk else 1
+    def _set_lowat(self, n):
+        """On a slow link, wake the reader only once n bytes of piece data are in (never more than
+        the peer is sending): packets arrive one by one, and a wake-up each cost 10x the CPU."""
         if n != self._lowat:
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
@@ -204,31 +203,31 @@ class Conn:
                 self._lowat = None  # not supported here: one wake-up per packet, as before
 
     def _within_budget(self, ev):
-        """Wait, reading nothing more from this peer, while what it cost us is over its budget."""
-        while self.budget.replies_full:
+        """Wait, reading nothing more from this peer, while what it cost us is over its budget:
+        bytes of work, as bitset operations span the whole file's bitset."""
+        b = self.budget
+        while b.replies_full:
             self._slowed("replies")
             self._drained.clear()
             gevent.wait([self._drained, self.ending], count=1)
             if self.reason is not None:
                 raise Closed(self.reason, self.detail)
-        pause = self.budget.spend(self._work(ev), time.monotonic())
+        t = type(ev)
+        if t is wire.Have or t is wire.Request or t is wire.Reject:
+            cost = 64 + (self.session.full.bit_length() >> 3)
+        elif t is wire.Bitfield:
+            cost = 2 * len(ev.bits)
+        elif t is wire.Peers:
+            cost = PEX_ADDR_COST * len(ev.addrs)
+        elif t is wire.StatusRequest:
+            cost = STATUS_COST
+        else:
+            cost = 64
+        pause = b.spend(cost, time.monotonic())
         if pause:
             self._slowed("work")
             if self.ending.wait(pause):
                 raise Closed(self.reason, self.detail)
-
-    def _work(self, ev):
-        """Bytes of work acting on ev costs: bitset operations span the whole file's bitset."""
-        t = type(ev)
-        if t in (wire.Have, wire.Request, wire.Reject):
-            return 64 + (self.session.full.bit_length() >> 3)
-        if t is wire.Bitfield:
-            return 2 * len(ev.bits)
-        if t is wire.Peers:
-            return PEX_ADDR_COST * len(ev.addrs)
-        if t is wire.StatusRequest:
-            return STATUS_COST
-        return 64
 
     def _slowed(self, why):
         if why not in self._throttled:

@@ -4,12 +4,14 @@ Rule: every line the node prints goes through `emit`, one event per line, so ope
 ``grep event=complete`` or ``grep level=warning`` and machines can parse the rest as key=value.
 """
 
+import re
 import sys
 import time
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 _threshold = LEVELS["info"]
+_NEEDS_QUOTES = re.compile(r'[ ="\n\r\t]')
 
 
 def configure(level="info"):
@@ -22,7 +24,7 @@ def _value(v):
         v = f"{v:.3f}".rstrip("0").rstrip(".") if v == v else "nan"
     else:
         v = str(v)
-    if not v or any(c in v for c in ' ="\n\r\t'):
+    if not v or _NEEDS_QUOTES.search(v):
         v = '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r") + '"'
     return v
 

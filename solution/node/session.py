@@ -180,13 +180,16 @@ class Session:
         return memoryview(buf)[self._end:max(self._want, READ_AHEAD)]
 
     def received(self, n, now):
-        """n bytes were written into the last recv_view()."""
-        if self.into_chunk:
-            self._chunk[1] += n
-            self._data_in(n, now)
-        else:
-            self._end += n
+        """n bytes were written into the last recv_view(). True: they were piece data and the
+        chunk buffer is not full yet, so there is no event to look for: recv again."""
         self.last_rx = now
+        if not self.into_chunk:
+            self._end += n
+            return False
+        chunk = self._chunk
+        chunk[1] += n
+        self._data_in(n, now)
+        return chunk[1] < chunk[2]
 
     def _data_in(self, n, now):
         self.last_data = now
@@ -215,7 +218,8 @@ class Session:
                     self._want = _HEADER
                     return NEED_DATA
                 kind, n = wire.decode_header(self._buf, pos)
-                self._check(kind)
+                if RULES[kind][0] is not self.phase or kind == wire.META or kind == wire.STATUS:
+                    self._check(kind)  # the whole check, only where it can fail (read per frame)
                 self.frames_in += 1
                 pos = self._pos = pos + _HEADER
                 if kind == wire.PIECES:

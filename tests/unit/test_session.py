@@ -103,8 +103,12 @@ def test_piece_data_goes_straight_into_the_chunk_buffer():
     assert s.next_event() is NEED_DATA
     view = s.recv_view()
     assert view.obj is buf and len(view) == 2 * PIECE  # zero-copy: recv_into the chunk itself
-    view[:] = DATA[:2 * PIECE]
-    s.received(2 * PIECE, now=1.0)
+    view[:100] = DATA[:100]
+    assert s.received(100, now=1.0) is True  # the chunk wants more: the reader recvs again at once
+    view = s.recv_view()
+    assert len(view) == 2 * PIECE - 100
+    view[:] = DATA[100:2 * PIECE]
+    assert s.received(2 * PIECE - 100, now=1.0) is False  # full: look for the event
     chunk = s.next_event()
     assert (chunk.first, chunk.count, chunk.buf is buf, bytes(chunk.view), chunk.done) == (
         0, 2, True, DATA[:2 * PIECE], None)
