@@ -247,9 +247,9 @@ class Conn:
                     self._server = gevent.spawn(self._serve_loop)
             else:  # we lack a piece, or too many requests wait for our upload already
                 self.send(s.reject(ev.first, ev.count))
-        elif t is wire.Have:
-            if hub.lacks(span_bits(ev.first, ev.count)) or hub.both_complete(s):
-                self.kick()  # something to request, or both complete now: else nothing to do
+        elif t is wire.Have:  # something new to request from it, or both complete now: else no wake-up
+            if hub.fetchable(s) & span_bits(ev.first, ev.count) or hub.both_complete(s):
+                self.kick()
         elif t is wire.Bitfield:
             self.kick()
         elif t is wire.Reject:

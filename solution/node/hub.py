@@ -85,8 +85,10 @@ class Hub:
             return True
         return self.wants_from(session) or bool(self.state.info and self.state.have & ~session.peer_has)
 
-    def lacks(self, bits):
-        return bool(self.state.missing & bits)
+    def fetchable(self, session):
+        """Pieces we could ask this link's peer for now (picker.fetchable)."""
+        s = self.state
+        return picker.fetchable(s.missing, s.requested, session.peer_has, session.mine_bits, s.requested_twice)
 
     def can_serve(self, first, count):
         return self.state.info is not None and self.state.has_all(first, count)
@@ -106,6 +108,8 @@ class Hub:
         """Up to n runs of pieces to request from this peer, claimed, as (first, count) pairs.
         The run size and the swarm's availability are worked out once for all n."""
         s = self.state
+        if not self.fetchable(session):  # the common case on a busy swarm: no need for the rest
+            return []
         swarm, max_count = self.swarm.availability(), max(1, self._request_bytes(session) // s.info.piece_size)
         got, mine = [], session.mine_bits
         while len(got) < n:

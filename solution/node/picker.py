@@ -84,6 +84,16 @@ def _rarest(cand, swarm, rng):
     return random_bit(cand, rng)
 
 
+def fetchable(missing, requested, peer_has, mine=0, twice=0):
+    """The pieces pick() may ask this peer for: wanted and not requested yet; in the endgame
+    (every missing piece requested, few left), wanted and requested from one other peer only."""
+    wanted = missing & peer_has
+    cand = wanted & ~requested
+    if cand or not wanted or (missing & ~requested) or missing.bit_count() > ENDGAME_MAX_PIECES:
+        return cand
+    return wanted & ~mine & ~twice
+
+
 def pick(missing, requested, peer_has, swarm, rng, max_count, mine=0, have_any=True, twice=0):
     """Next request to send this peer, as (first, count), or None.
 
@@ -95,14 +105,10 @@ def pick(missing, requested, peer_has, swarm, rng, max_count, mine=0, have_any=T
     twice:     pieces already requested from two peers (never a third request)
     have_any:  False while we hold no piece at all (random first piece)
     """
-    wanted = missing & peer_has
-    cand = wanted & ~requested
+    cand = fetchable(missing, requested, peer_has, mine, twice)
     if not cand:
-        if not wanted or (missing & ~requested) or missing.bit_count() > ENDGAME_MAX_PIECES:
-            return None
-        cand = wanted & ~mine & ~twice  # endgame
-        if not cand:
-            return None
+        return None
+    if cand & requested:  # endgame: one piece at a time, a duplicate request
         return random_bit(cand, rng), 1
     first = _rarest(cand, swarm, rng) if have_any else random_bit(cand, rng)
     return first, run_length(cand, first, max_count)

@@ -159,6 +159,11 @@ def test_pick_property(n, data, seed, max_count, have_any):
     mine = data.draw(rand_set, "mine") & requested
     swarm = [peer_has] + data.draw(st.lists(rand_set, max_size=5), "others")
     got = pick(missing, requested, peer_has, swarm, random.Random(seed), max_count, mine, have_any)
+    # what the node checks before waking a link for a HAVE, or before working out availability
+    fetchable = picker.fetchable(missing, requested, peer_has, mine)
+    assert (got is None) == (fetchable == 0)
+    if got is not None:
+        assert (fetchable >> got[0]) & 1
 
     cand = missing & peer_has & ~requested
     endgame = (not cand and missing & peer_has and not (missing & ~requested)
