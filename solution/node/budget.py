@@ -19,7 +19,6 @@ class Budget:
     def __init__(self, now):
         self.queued_bytes = 0
         self.queued_frames = 0
-        self.replies_full = False  # past either bound: read no more from this peer (a field: read per frame)
         self._tokens = WORK_BURST
         self._tokens_at = now
         self._pex_since = now
@@ -29,12 +28,14 @@ class Budget:
     def queued(self, nbytes):
         self.queued_bytes += nbytes
         self.queued_frames += 1
-        self.replies_full = self.queued_bytes > MAX_QUEUED_BYTES or self.queued_frames > MAX_QUEUED_FRAMES
 
     def sent(self, nbytes):
         self.queued_bytes -= nbytes
         self.queued_frames -= 1
-        self.replies_full = self.queued_bytes > MAX_QUEUED_BYTES or self.queued_frames > MAX_QUEUED_FRAMES
+
+    @property
+    def replies_full(self):
+        return self.queued_bytes > MAX_QUEUED_BYTES or self.queued_frames > MAX_QUEUED_FRAMES
 
     @property
     def replies_low(self):

@@ -218,8 +218,7 @@ class Session:
                     self._want = _HEADER
                     return NEED_DATA
                 kind, n = wire.decode_header(self._buf, pos)
-                if RULES[kind][0] is not self.phase or kind == wire.META or kind == wire.STATUS:
-                    self._check(kind)  # the whole check, only where it can fail (read per frame)
+                self._check(kind)
                 self.frames_in += 1
                 pos = self._pos = pos + _HEADER
                 if kind == wire.PIECES:

@@ -122,7 +122,6 @@ class NodeState:
         self.peers = {}  # (ip, port) -> PeerEntry
         self.conns = {}  # peer node_id -> connection
         self.verified = []  # PeerEntry, in the order their first handshake succeeded
-        self.verified_version = 0  # len(verified): a link shares what came after the version it saw
         self.counters = dict(bytes_in=0, bytes_out=0, pieces_in=0, pieces_bad=0, dup_pieces=0,
                              requests_sent=0, bans=0, dials=0)
         self.rates = {"in": 0.0, "out": 0.0}  # bytes/s over the last progress interval
@@ -249,8 +248,12 @@ class NodeState:
         if not entry.verified:
             entry.handshaken()
             self.verified.append(entry)
-            self.verified_version = len(self.verified)
             self._notify(Change.PEERS)
+
+    @property
+    def verified_version(self):
+        """How far the verified list goes: a link shares what came after the version it saw."""
+        return len(self.verified)
 
     def verified_addrs(self, since=0):
         """Addresses that took a handshake, from version `since` on (entries are never dropped)."""
