@@ -10,6 +10,7 @@ MAX_QUEUED_BYTES = 1 << 20  # replies queued for one peer; past it we read no mo
 MAX_QUEUED_FRAMES = 128  # the same in frames (and pieces to serve), for small replies
 WORK_RATE = 32 << 20  # bytes of bitset work per second one peer's frames may cost us...
 WORK_BURST = 8 << 20  # ...after a burst this big (a full BITFIELD of the largest file is 512 KiB)
+FRAME_COST = 64  # any frame: decoding it and acting on it
 STATUS_COST = 32 << 10  # a STATUS reply: a snapshot turned into JSON
 PEX_ADDR_COST = 4 << 10  # one address of a PEERS frame: decoding it costs what a bitset op on 4-8 KiB does
 PEX_PER_MINUTE = 512  # addresses learned from one peer per minute; more is noise or an attack
@@ -44,7 +45,8 @@ class Budget:
 
     # -- work -----------------------------------------------------------------------------------
     def spend(self, cost, now):
-        """Charge `cost` bytes of work; returns how long to wait before reading on (0: at once)."""
+        """Charge `cost` bytes of work (the frames read since the last charge); returns how long
+        to wait before reading on (0: at once)."""
         self._tokens = min(WORK_BURST, self._tokens + (now - self._tokens_at) * WORK_RATE) - cost
         self._tokens_at = now
         return -self._tokens / WORK_RATE if self._tokens < 0 else 0.0

@@ -25,7 +25,7 @@ from gevent.lock import Semaphore
 from gevent.queue import Queue
 
 from . import log, wire
-from .budget import PEX_ADDR_COST, STATUS_COST, Budget
+from .budget import FRAME_COST, PEX_ADDR_COST, STATUS_COST, Budget
 from .config import FileInfo
 from .hub import PIPELINE_REQUESTS
 from .picker import span_bits
@@ -72,6 +72,9 @@ class Conn:
         self._chunk_at = 0.0  # when the chunk buffer being filled was handed to the session
         self.budget = Budget(now)  # what this peer may cost us
         self._drained = Event()  # the writer set it: replies fell below half the budget
+        self._work = 0  # bytes of work the peer's frames cost us since the last charge...
+        self._bitset_ops = 0  # ...and operations on whole bitsets (priced once the file is known)
+        self._frames_charged = 0  # session.frames_in at the last charge
         self._throttled = set()  # why we slowed this peer ("replies", "work"): logged once each
         self._loop = gevent.get_hub().loop
         self._turn = None  # the loop's time when the reader last saw it: unchanged = we never waited
@@ -106,11 +109,15 @@ class Conn:
                 raise Closed(refused)
             self._writer = gevent.spawn(self._write_loop)
             self.kick()
+            s = self.session
             while True:
-                ev = self._next_event()
-                if type(ev) is not Chunk:  # piece data was asked for; the budget is for the rest
-                    self._within_budget(ev)
-                self._on_event(ev)
+                ev = s.next_event()
+                if ev is NEED_DATA:
+                    self._recv()
+                elif ev is NEED_BUFFER:
+                    self._give_buffer()
+                else:
+                    self._on_event(ev)
         except wire.WireError as e:
             self.close(Reason.PROTOCOL, str(e))
         except Closed as e:
@@ -153,34 +160,35 @@ class Conn:
     def _handshake(self):
         self.sock.sendall(self.session.greeting)
         with gevent.Timeout(HANDSHAKE_TIMEOUT_S, Closed(Reason.HANDSHAKE_TIMEOUT)):
-            self._next_event()  # the session accepts nothing but HELLO first
+            while self.session.next_event() is NEED_DATA:  # it accepts nothing but HELLO first
+                self._recv()
 
-    def _next_event(self):
-        s = self.session
-        more = False
-        while True:
-            ev = NEED_DATA if more else s.next_event()
-            if ev is NEED_DATA:
-                if self.reason is not None:  # closed from elsewhere: data may still sit in the socket
-                    raise Closed(self.reason, self.detail)
-                view = s.recv_view()
-                slow = s.into_chunk and s.rate is not None and s.rate < RCVLOWAT_BELOW_RATE
-                if self._lowat is not None and (slow or self._lowat != 1):
-                    self._set_lowat(min(len(view), RCVLOWAT_MAX) if slow else 1)
-                n = self.sock.recv_into(view)
-                if not n:
-                    raise EOFError("peer closed the connection")
-                more = s.received(n, time.monotonic())
-                self._share_time()
-            elif ev is NEED_BUFFER:
-                buf = self.hub.take_buffer(self.ending)  # waits while the node has enough in flight
-                if buf is None:
-                    raise Closed(self.reason, self.detail)
-                self._buffers_out += 1
-                self._chunk_at = time.monotonic()
-                s.give_buffer(buf)
-            else:
-                return ev
+    def _recv(self):
+        """Receive what the session asks for: piece data until its chunk buffer is full, else
+        one recv of control frames. What the peer's frames so far cost us is charged first."""
+        if self._work or self.session.frames_in != self._frames_charged:
+            self._charge_work()
+        s, more = self.session, True
+        while more:
+            if self.reason is not None:  # closed from elsewhere: data may still sit in the socket
+                raise Closed(self.reason, self.detail)
+            view = s.recv_view()
+            slow = s.into_chunk and s.rate is not None and s.rate < RCVLOWAT_BELOW_RATE
+            if self._lowat is not None and (slow or self._lowat != 1):
+                self._set_lowat(min(len(view), RCVLOWAT_MAX) if slow else 1)
+            n = self.sock.recv_into(view)
+            if not n:
+                raise EOFError("peer closed the connection")
+            more = s.received(n, time.monotonic())
+            self._share_time()
+
+    def _give_buffer(self):
+        buf = self.hub.take_buffer(self.ending)  # waits while the node has enough in flight
+        if buf is None:
+            raise Closed(self.reason, self.detail)
+        self._buffers_out += 1
+        self._chunk_at = time.monotonic()
+        self.session.give_buffer(buf)
 
     def _share_time(self):
         """Yield after FAIR_FRAMES frames read without waiting, so a flooding peer cannot starve
@@ -202,31 +210,27 @@ class Conn:
             except (OSError, AttributeError):
                 self._lowat = None  # not supported here: one wake-up per packet, as before
 
-    def _within_budget(self, ev):
-        """Wait, reading nothing more from this peer, while what it cost us is over its budget:
-        bytes of work, as bitset operations span the whole file's bitset."""
+    def _charge_work(self):
+        """Wait, reading nothing more from this peer, while the work its frames cost us (bytes of
+        bitset work, as such operations span the whole file's bitset) is over its budget."""
+        frames, self._frames_charged = self.session.frames_in - self._frames_charged, self.session.frames_in
+        work = self._work + FRAME_COST * frames + self._bitset_ops * (self.session.full.bit_length() >> 3)
+        self._work = self._bitset_ops = 0
+        pause = self.budget.spend(work, time.monotonic())
+        if pause:
+            self._slowed("work")
+            if self.ending.wait(pause):
+                raise Closed(self.reason, self.detail)
+
+    def _replied(self):
+        """After queueing a reply: wait, reading nothing more, while the replies queued for this
+        peer are over its budget."""
         b = self.budget
         while b.replies_full:
             self._slowed("replies")
             self._drained.clear()
             gevent.wait([self._drained, self.ending], count=1)
             if self.reason is not None:
-                raise Closed(self.reason, self.detail)
-        t = type(ev)
-        if t is wire.Have or t is wire.Request or t is wire.Reject:
-            cost = 64 + (self.session.full.bit_length() >> 3)
-        elif t is wire.Bitfield:
-            cost = 2 * len(ev.bits)
-        elif t is wire.Peers:
-            cost = PEX_ADDR_COST * len(ev.addrs)
-        elif t is wire.StatusRequest:
-            cost = STATUS_COST
-        else:
-            cost = 64
-        pause = b.spend(cost, time.monotonic())
-        if pause:
-            self._slowed("work")
-            if self.ending.wait(pause):
                 raise Closed(self.reason, self.detail)
 
     def _slowed(self, why):
@@ -238,7 +242,12 @@ class Conn:
         t, hub, s = type(ev), self.hub, self.session
         if t is Chunk:
             self._on_chunk(ev)
+        elif t is wire.Have:  # something new to request from it, or both complete now: else no wake-up
+            self._bitset_ops += 1
+            if hub.news(s, span_bits(ev.first, ev.count)):
+                self.kick()
         elif t is wire.Request:
+            self._bitset_ops += 1
             slow = self._is_slow()
             if hub.can_serve(ev.first, ev.count) and (not slow or hub.queue_serve()):
                 self.budget.queued(0)
@@ -247,15 +256,16 @@ class Conn:
                     self._server = gevent.spawn(self._serve_loop)
             else:  # we lack a piece, or too many requests wait for our upload already
                 self.send(s.reject(ev.first, ev.count))
-        elif t is wire.Have:  # something new to request from it, or both complete now: else no wake-up
-            if hub.fetchable(s) & span_bits(ev.first, ev.count) or hub.both_complete(s):
-                self.kick()
+            self._replied()
         elif t is wire.Bitfield:
+            self._work += 2 * len(ev.bits)
             self.kick()
         elif t is wire.Reject:
+            self._bitset_ops += 1
             self._ask_after = time.monotonic() + REJECTED_WAIT_S
             hub.release(span_bits(ev.first, ev.count))  # the other links may ask for them now
         elif t is wire.Peers:
+            self._work += PEX_ADDR_COST * len(ev.addrs)
             take = self.budget.pex_allowed(len(ev.addrs), time.monotonic())
             if take < len(ev.addrs):
                 self._slowed("peer exchange")
@@ -264,10 +274,13 @@ class Conn:
             frame = hub.meta_frame()
             if frame is not None:
                 self.send(frame)
+                self._replied()
         elif t is FileInfo:
             hub.learn_meta(ev, self.name)
         elif t is wire.StatusRequest:
+            self._work += STATUS_COST
             self.send(hub.status_frame())
+            self._replied()
 
     # -- pieces in ----------------------------------------------------------------------------
     def _on_chunk(self, chunk):

@@ -90,6 +90,13 @@ class Hub:
         s = self.state
         return picker.fetchable(s.missing, s.requested, session.peer_has, session.mine_bits, s.requested_twice)
 
+    def news(self, session, span):
+        """The peer now holds `span` too: does that give us something to ask it for, or are both
+        complete now? (Else its HAVE needs no wake-up.)"""
+        if self.state.complete:
+            return self.both_complete(session)
+        return bool(span & self.state.missing and self.fetchable(session) & span)
+
     def can_serve(self, first, count):
         return self.state.info is not None and self.state.has_all(first, count)
 

@@ -208,31 +208,29 @@ class Session:
         (the peer's metadata, checked), or a wire message (its bookkeeping already done)."""
         while True:
             if self._pieces is not None:
-                ev = self._next_chunk()
-                if ev is not None:
-                    return ev
-                continue
+                return self._next_chunk()
             pos, kind = self._pos, self._kind
             if kind is None:
                 if self._end - pos < _HEADER:
                     self._want = _HEADER
                     return NEED_DATA
                 kind, n = wire.decode_header(self._buf, pos)
-                self._check(kind)
+                if RULES[kind][0] is not self.phase:
+                    raise wire.WireError(f"{wire.NAMES[kind]} not allowed in phase {self.phase.value}")
                 self.frames_in += 1
                 pos = self._pos = pos + _HEADER
                 if kind == wire.PIECES:
                     self._pieces_bytes, n = n - _RANGE, _RANGE
-                self._kind, self._n = kind, n
-            n = self._n
+            else:
+                n = self._n
             if self._end - pos < n:
-                self._want = n
+                self._kind, self._n, self._want = kind, n, n
                 return NEED_DATA
             self._kind, self._pos = None, pos + n
             payload = memoryview(self._buf)[pos:pos + n]
             if kind == wire.PIECES:
                 self._start_pieces(*wire.RANGE.unpack(payload))
-                continue
+                return NEED_BUFFER
             ev = self._apply(wire.decode_payload(kind, payload))
             if ev is not None:
                 return ev
@@ -262,18 +260,6 @@ class Session:
         begun = wire.HEADER.size if self._kind is not None else 0
         return self._end - self._pos + begun + (self._chunk[1] if self._chunk else 0)
 
-    def _take(self, n):
-        start = self._pos
-        self._pos = start + n
-        return memoryview(self._buf)[start:start + n]
-
-    def _check(self, kind):
-        phase, _ = RULES[kind]
-        if self.phase is not phase:
-            raise wire.WireError(f"{wire.NAMES[kind]} not allowed in phase {self.phase.value}")
-        if (kind == wire.META and not self.meta_asked) or (kind == wire.STATUS and not self.status_asked):
-            raise wire.WireError(f"unsolicited {wire.NAMES[kind]}")
-
     def _check_range(self, first, count):
         if count < 1 or first + count > self._limit:
             raise wire.WireError(f"piece range {first}+{count} outside 0..{self._limit}")
@@ -287,25 +273,27 @@ class Session:
         self._pieces = [first, first, first + count]
 
     def _next_chunk(self):
-        """NEED_BUFFER, NEED_DATA or a full Chunk; None once the PIECES payload is all out."""
-        req, at, end = self._pieces
+        """NEED_BUFFER, NEED_DATA or a full Chunk; the PIECES payload ends with its last Chunk."""
         if self._chunk is None:
-            if at == end:
-                self._pieces = None
-                return None
             return NEED_BUFFER
         buf, filled, size = self._chunk
-        take = min(size - filled, self._end - self._pos)
+        pos = self._pos
+        take = min(size - filled, self._end - pos)
         if take:  # what the read-ahead holds already
-            buf[filled:filled + take] = self._take(take)
+            buf[filled:filled + take] = memoryview(self._buf)[pos:pos + take]
+            self._pos = pos + take
             self._data_in(take, self.last_rx)
             filled = self._chunk[1] = filled + take
         if filled < size:
             return NEED_DATA
+        req, at, end = self._pieces
         k = min(self.chunk_pieces, end - at)
-        self._pieces[1] = at + k
         self._chunk = None
-        return Chunk(at, k, buf, memoryview(buf)[:size], req if at + k == end else None)
+        if at + k < end:
+            self._pieces[1] = at + k
+            return Chunk(at, k, buf, memoryview(buf)[:size], None)
+        self._pieces = None
+        return Chunk(at, k, buf, memoryview(buf)[:size], req)
 
     def _apply(self, msg):
         """The link's bookkeeping for one message; returns the event, or None to read on."""
@@ -334,6 +322,8 @@ class Session:
         elif t is wire.Meta:
             return self._on_meta(msg)
         elif t is wire.Status:
+            if not self.status_asked:
+                raise wire.WireError("unsolicited STATUS")
             self.status_asked = False
         elif t is wire.Hello:
             self._on_hello(msg)
@@ -349,6 +339,8 @@ class Session:
         self.phase = Phase.OPEN
 
     def _on_meta(self, msg):
+        if not self.meta_asked:
+            raise wire.WireError("unsolicited META")
         self.meta_asked = False
         if self.info is not None:
             return None  # learned meanwhile from another peer
