@@ -135,12 +135,12 @@ _RANGE_TYPES = {HAVE: Have, REQUEST: Request, REJECT: Reject}
 def decode_header(buf, offset=0):
     """The 5 header bytes at buf[offset:] -> (kind, payload length). Checks the kind and its size limit."""
     length, kind = HEADER.unpack_from(buf, offset)
-    if length == 0:
-        raise WireError("frame length 0 (no kind byte)")
-    if kind not in MAX_PAYLOAD:
+    limit = MAX_PAYLOAD.get(kind)
+    if limit is None:
         raise WireError(f"unknown message kind {kind}")
-    if length - 1 > MAX_PAYLOAD[kind]:
-        raise WireError(f"{NAMES[kind]} frame of {length - 1} bytes exceeds {MAX_PAYLOAD[kind]}")
+    if not 0 < length <= limit + 1:
+        raise WireError(f"frame length 0 (no kind byte)" if length == 0 else
+                        f"{NAMES[kind]} frame of {length - 1} bytes exceeds {limit}")
     return kind, length - 1
 
 
@@ -153,7 +153,8 @@ def decode_payload(kind, payload):
     """Payload of a frame whose header `decode_header` accepted -> message."""
     cls = _RANGE_TYPES.get(kind)
     if cls is not None:  # the frequent kinds first
-        _exact(kind, payload, RANGE.size)
+        if len(payload) != RANGE.size:
+            _exact(kind, payload, RANGE.size)
         return cls(*RANGE.unpack(payload))
     if kind == HELLO:
         _exact(kind, payload, _HELLO.size)
