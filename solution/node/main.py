@@ -109,8 +109,6 @@ class Node:
     def _on_change(self, change):
         if change in (Change.HAVE, Change.REQUESTABLE, Change.META):
             self.swarm.kick_all()
-        if change is Change.META:
-            self._save()  # at once: a restart without it would send this node back to zero
         if change in (Change.PEERS, Change.META):
             self._persist_wanted.set()
             self.swarm.wake()
@@ -128,6 +126,7 @@ class Node:
     def learn_meta(self, info, peer):
         if self.state.info is None:
             self._use_info(info, f"peer:{peer}")
+            self._save()  # at once: a restart without it would send this node back to zero
 
     # -- loops --------------------------------------------------------------------------------
     def _progress_loop(self):
