@@ -135,12 +135,13 @@ _RANGE_TYPES = {HAVE: Have, REQUEST: Request, REJECT: Reject}
 def decode_header(buf, offset=0):
     """The 5 header bytes at buf[offset:] -> (kind, payload length). Checks the kind and its size limit."""
     length, kind = HEADER.unpack_from(buf, offset)
+    if length == 0:
+        raise WireError("frame length 0 (no kind byte)")
     limit = MAX_PAYLOAD.get(kind)
     if limit is None:
         raise WireError(f"unknown message kind {kind}")
-    if not 0 < length <= limit + 1:
-        raise WireError(f"frame length 0 (no kind byte)" if length == 0 else
-                        f"{NAMES[kind]} frame of {length - 1} bytes exceeds {limit}")
+    if length - 1 > limit:
+        raise WireError(f"{NAMES[kind]} frame of {length - 1} bytes exceeds {limit}")
     return kind, length - 1
 
 
