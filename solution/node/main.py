@@ -22,7 +22,6 @@ from .storage import Storage
 
 PROGRESS_INTERVAL_S = 1.0  # one progress line a second while fetching
 PERSIST_DELAY_S = 1.0  # learned peers are saved this long after a change, at most this often
-CHECK_FIRST_BYTES = 16 << 20  # a file this small is checked before we accept or dial: BITFIELDs are then whole
 
 
 class Node:
@@ -64,8 +63,7 @@ class Node:
             self._use_info(info, "conf" if cfg.file_info else "saved")
         else:
             log.info("file_info", result="unknown", action="asking_peers")
-        if info is None or info.size > CHECK_FIRST_BYTES:
-            self.swarm.open()  # else once the file is checked (_scan)
+        self.swarm.open()  # while the file is checked: what is checked is served (scan batches)
         self._spawn(self._progress_loop)
         self._spawn(self._persist_loop)
         if cfg.discovery:
@@ -100,7 +98,6 @@ class Node:
         t0 = time.monotonic()
         self.storage.scan(self.state.mark_checked)
         self.state.scan_finished()
-        self.swarm.open()
         s = self.state
         log.info("scan_done", have=s.have_count, pieces=s.info.n_pieces,
                  secs=time.monotonic() - t0, result="complete" if s.complete else "partial")

@@ -19,6 +19,7 @@ from gevent.server import StreamServer
 from node.session import Session
 from node import status, wire
 from node.config import parse_file_info
+from node.picker import span_bits
 
 from swarmkit import LocalSwarm
 
@@ -168,33 +169,34 @@ def test_status_request_reports_progress(swarm, torrent_factory):
         assert key in st
 
 
-def first_bitfield(ip, port, info):
-    """Connect as a peer, send HELLO, and return the node's first BITFIELD as a bitset."""
-    sock = gevent.socket.create_connection((ip, port), timeout=5)
+def announced(ip, port, info, own_ip, timeout=5.0):
+    """Connect from own_ip as a peer (HELLO naming a port: a client would not hear of pieces),
+    and return what the node announced, its BITFIELD and the HAVEs after it, once that is every
+    piece, or when it falls silent for `timeout`."""
+    sock = gevent.socket.create_connection((ip, port), timeout=timeout, source_address=(own_ip, 0))
+    told, full = 0, (1 << info.n_pieces) - 1
     try:
-        ses = Session(wire.Hello(os.urandom(8), 0, info.meta_id), info)
+        ses = Session(wire.Hello(os.urandom(8), port, info.meta_id), info)
         sock.sendall(ses.greeting)
-        while data := sock.recv(65536):
+        while told != full and (data := sock.recv(65536)):
             for msg in ses.feed(data):
                 if isinstance(msg, wire.Bitfield):
-                    return int.from_bytes(msg.bits, "little")
-        return None
+                    told |= int.from_bytes(msg.bits, "little")
+                elif isinstance(msg, wire.Have):
+                    told |= span_bits(msg.first, msg.count)
+        return told
     finally:
         sock.close()
 
 
-def test_a_small_file_is_checked_before_links_are_accepted(swarm, torrent_factory, monkeypatch):
-    """While a small file is checked, peers' connects wait in the listen backlog: the node then
-    tells them every piece it holds at once. A big file is served while it is checked."""
+def test_a_node_serves_while_it_checks_its_file(swarm, torrent_factory):
+    """A node accepts peers before its file is checked (a seeder is the only source at start), and
+    a peer that came early hears of every piece as the check finds it."""
     t = torrent_factory(300_000, 4096, seed=5)
     info = parse_file_info(t.conf()["FileInfo"])
     node = swarm.start(0, t.conf([]), data=t.data)
-    assert not node.swarm.listening  # bound; the check runs first
-    assert first_bitfield(swarm.ip(0), swarm.port, info) == (1 << info.n_pieces) - 1
-    assert node.swarm.listening
-
-    monkeypatch.setattr("node.main.CHECK_FIRST_BYTES", t.size - 1)
-    assert swarm.start(1, t.conf([]), data=t.data).swarm.listening
+    assert node.swarm.listening and node.state.have_count == 0  # the check has not run yet
+    assert announced(swarm.ip(0), swarm.port, info, swarm.ip(1)) == (1 << info.n_pieces) - 1
 
 
 class LyingPeer:
