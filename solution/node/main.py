@@ -4,6 +4,7 @@ Rule: this is the only module that starts top-level greenlets or handles signals
 only sets an Event; `run` does the shutdown (close -> join(timeout) -> kill) on the main greenlet.
 """
 
+import gc
 import os
 import signal
 import sys
@@ -215,6 +216,7 @@ def run(config):
         log.error("start_failed", why=f"{e.strerror or e} ({getattr(e, 'filename', '') or 'socket'})",
                   result="exit")
         return 1
+    gc.freeze()  # start-up's objects live as long as the node: no collection need walk them again
     node.stopping.wait()
     node.stop()
     return 0
