@@ -7,7 +7,7 @@ DT seconds; on top of them runs the node's request and upload policy: the picker
 served at a time per link, UPLOAD_SLOTS per node with UPLOAD_QUEUE waiting for UPLOAD_WAIT_S,
 REJECT and a back-off of REJECTED_WAIT_S, the seeder's spread-first rule, one HAVE per piece to
 every neighbour at once. Designs the node does not have are options, off by default (`steal`,
-`match`).
+`match`, `want_max`, and `oracle`: no requests, one scheduler that sees everything).
 Left out: TCP's own dynamics, handshakes, link churn, CPU, and the latency of frames.
 
 A W1 takes ~2 s of CPU here against ~3 min in the lab, so a policy can be tried over many seeds
@@ -16,6 +16,7 @@ before it goes to the lab, which has the last word. Usage (figures: bench/README
     python3 bench/flowsim.py                      # W1 as the node is today, 5 seeds
     python3 bench/flowsim.py --set slots=2 --set queue=8 --runs 10
     python3 bench/flowsim.py --n 100 --trace      # utilisation of the downloaders' links by 10 s
+    python3 bench/flowsim.py --set oracle=1 --set slots=2   # a global scheduler: matching's bound
 """
 
 import argparse
@@ -55,6 +56,12 @@ class Model:
     steal: int = 0  # an idle holder takes over half of what is left of a piece coming from another
     steal_min: float = 0.25  # ...if at least this much of a piece is left
     match: int = 0  # a free slot goes to the waiting requester with the fewest transfers coming in
+    want_max: int = 0  # pieces a downloader has asked for and not got, over all its links (0: no cap)
+    oracle: int = 0  # no requests: one global scheduler pushes pieces (see Sim.push); slots apply
+    oracle_in: int = 2  # ...and a downloader gets at most this many pieces at once
+    oracle_rarest: int = 1  # ...the rarest piece in the swarm first (0: a random one it lacks)
+    oracle_fewest: int = 1  # ...to the neighbour with the fewest coming in (0: a random one)
+    oracle_fresh: int = 1  # ...the seeder a piece it has not sent yet, while there is one
 
 
 class Peer:
@@ -98,7 +105,7 @@ class Sim:
                     inbound[j] += 1
                     p.links[j], self.peers[j].links[p.i] = Link(), Link()
         self.t = 0.0
-        self.steals = 0
+        self.steals = self.pushes = 0
         self.dirty = set(range(len(self.peers)))
         self.trace = {}  # 10 s bucket -> [bytes up by downloaders, bytes down, steps]
         self._flows_key = self._rates = None
@@ -110,8 +117,11 @@ class Sim:
         links = list(p.links.items())
         self.rng.shuffle(links)
         swarm = [self.peers[j].have for j, _ in links]
+        out = sum(len(link.mine) for _, link in links)
         for j, link in links:
             while len(link.mine) < self.m.pipeline and self.t >= link.ask_after:
+                if self.m.want_max and out >= self.m.want_max:
+                    return
                 mine = 0
                 for q in link.mine:
                     mine |= 1 << q
@@ -125,6 +135,7 @@ class Sim:
                 p.twice |= span & p.requested
                 p.requested |= span
                 pieces = list(range(run[0], run[0] + run[1]))
+                out += len(pieces)
                 link.mine += pieces
                 self.request(p, j, pieces)
 
@@ -210,6 +221,54 @@ class Sim:
                 else:
                     break
 
+    # -- a global scheduler (an oracle: no node could know all this) ----------------------------
+    def push(self):
+        """Every free upload slot, anywhere, starts a piece to a neighbour that lacks it and has
+        fewer than `oracle_in` coming in (the fewest first), never a piece already on its way
+        to that neighbour, the rarest in the whole swarm first (holders plus copies in flight),
+        and the seeder a piece it has not sent yet while there is one. No REJECT, no back-off,
+        no duplicates: an upper bound on what matching alone can do in this topology."""
+        m = self.m
+        count = [0] * m.pieces
+        for p in self.peers:
+            bits = p.have | p.requested
+            for q in range(m.pieces):
+                count[q] += bits >> q & 1
+        holders = [h for h in self.peers if h.have]
+        self.rng.shuffle(holders)
+        for h in holders:
+            while h.slots < m.slots:
+                best = None
+                for i, link in h.links.items():
+                    d = self.peers[i]
+                    if link.active is not None:  # one piece at a time on a link
+                        continue
+                    want = h.have & ~d.have & ~d.requested
+                    if not want:
+                        continue
+                    inc = self.incoming(i)
+                    if inc >= m.oracle_in:
+                        continue
+                    fresh = (want & ~h.sent if m.oracle_fresh and h.have == self.full
+                             and self.full & ~h.sent else 0)
+                    pool = fresh or want
+                    q = min((q for q in range(m.pieces) if pool >> q & 1),
+                            key=lambda q: (count[q] if m.oracle_rarest else 0, self.rng.random()))
+                    key = (inc if m.oracle_fewest else 0, count[q] if m.oracle_rarest else 0,
+                           self.rng.random())
+                    if best is None or key < best[0]:
+                        best = (key, i, q)
+                if best is None:
+                    break
+                _, i, q = best
+                d = self.peers[i]
+                d.requested |= 1 << q
+                count[q] += 1
+                h.slots += 1
+                h.sent |= 1 << q
+                h.links[i].active = [[q], 0, float(m.piece_bytes), self.t, None]
+                self.pushes += 1
+
     # -- flows --------------------------------------------------------------------------------
     def rates(self, flows):
         """Max-min fair shares: fill every flow until its uplink or downlink is full, the
@@ -282,6 +341,12 @@ class Sim:
             if tick % steps_per_s == 0:  # housekeeping: back-offs run out, queued requests time out
                 self.dirty.update(range(len(self.peers)))
             tick += 1
+            if self.m.oracle:
+                if self.dirty:
+                    self.dirty = set()
+                    self.push()
+                self.step()
+                continue
             for _ in range(3):
                 dirty, self.dirty = self.dirty, set()
                 for i in dirty:

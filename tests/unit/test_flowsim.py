@@ -57,7 +57,8 @@ def test_an_unknown_model_field_is_named():
         flowsim.main(["--runs", "1", "--set", "slotz=2"])
 
 
-@pytest.mark.parametrize("design", [dict(steal=1), dict(match=1), dict(steal=1, match=1)])
+@pytest.mark.parametrize("design", [dict(steal=1), dict(match=1), dict(steal=1, match=1),
+                                    dict(want_max=2, slots=2, queue=0), dict(oracle=1, slots=2)])
 def test_designs_still_deliver_every_byte(design):
     m = flowsim.Model(n=8, pieces=32, **design)
     sim = flowsim.Sim(m, seed=3)
@@ -66,3 +67,17 @@ def test_designs_still_deliver_every_byte(design):
     assert all(t < m.limit for t in done) and all(p.have == sim.full for p in sim.peers)
     assert not any(p.split for p in sim.peers), "every split piece's two parts arrived"
     assert min(done) >= sim.t_min() / flowsim.PAYLOAD - flowsim.DT
+
+
+def test_the_oracle_sends_every_piece_once_and_respects_its_limits():
+    m = flowsim.Model(n=8, pieces=32, oracle=1, slots=2, oracle_in=1)
+    sim = flowsim.Sim(m, seed=2)
+    most_in = 0
+    while any(p.done_at is None for p in sim.peers) and sim.t < m.limit:
+        sim.push()
+        sim.step()
+        most_in = max(most_in, max(sim.incoming(p.i) for p in sim.peers[1:]))
+        assert all(p.slots <= m.slots for p in sim.peers)
+    assert all(p.have == sim.full for p in sim.peers)
+    assert sim.pushes == m.n * m.pieces, "no downloader got a piece twice"
+    assert most_in == 1
