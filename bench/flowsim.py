@@ -61,7 +61,7 @@ class Model:
     oracle_in: int = 2  # ...and a downloader gets at most this many pieces at once
     oracle_rarest: int = 1  # ...the rarest piece in the swarm first (0: a random one it lacks)
     oracle_fewest: int = 1  # ...to the neighbour with the fewest coming in (0: a random one)
-    oracle_fresh: int = 1  # ...the seeder a piece it has not sent yet, while there is one
+    oracle_fresh: int = 1  # ...a complete node (the seeder) a piece it never sent, while there is one
 
 
 class Peer:
@@ -226,8 +226,9 @@ class Sim:
         """Every free upload slot, anywhere, starts a piece to a neighbour that lacks it and has
         fewer than `oracle_in` coming in (the fewest first), never a piece already on its way
         to that neighbour, the rarest in the whole swarm first (holders plus copies in flight),
-        and the seeder a piece it has not sent yet while there is one. No REJECT, no back-off,
-        no duplicates: an upper bound on what matching alone can do in this topology."""
+        and a complete node (the seeder) a piece it has not sent yet while there is one. No
+        REJECT, no back-off, no duplicates: an upper bound on what matching alone can do in this
+        topology."""
         m = self.m
         count = [0] * m.pieces
         for p in self.peers:
@@ -237,6 +238,7 @@ class Sim:
         holders = [h for h in self.peers if h.have]
         self.rng.shuffle(holders)
         for h in holders:
+            unsent = self.full & ~h.sent if m.oracle_fresh and h.have == self.full else 0
             while h.slots < m.slots:
                 best = None
                 for i, link in h.links.items():
@@ -249,9 +251,7 @@ class Sim:
                     inc = self.incoming(i)
                     if inc >= m.oracle_in:
                         continue
-                    fresh = (want & ~h.sent if m.oracle_fresh and h.have == self.full
-                             and self.full & ~h.sent else 0)
-                    pool = fresh or want
+                    pool = want & unsent or want
                     q = min((q for q in range(m.pieces) if pool >> q & 1),
                             key=lambda q: (count[q] if m.oracle_rarest else 0, self.rng.random()))
                     key = (inc if m.oracle_fewest else 0, count[q] if m.oracle_rarest else 0,
@@ -266,6 +266,7 @@ class Sim:
                 count[q] += 1
                 h.slots += 1
                 h.sent |= 1 << q
+                unsent &= ~(1 << q)
                 h.links[i].active = [[q], 0, float(m.piece_bytes), self.t, None]
                 self.pushes += 1
 

@@ -172,7 +172,7 @@ def test_status_request_reports_progress(swarm, torrent_factory):
 def announced(ip, port, info, own_ip, timeout=5.0):
     """Connect from own_ip as a peer (HELLO naming a port: a client would not hear of pieces),
     and return what the node announced, its BITFIELD and the HAVEs after it, once that is every
-    piece, or when it falls silent for `timeout`."""
+    piece or the node closes the link (silence for `timeout` raises socket.timeout)."""
     sock = gevent.socket.create_connection((ip, port), timeout=timeout, source_address=(own_ip, 0))
     told, full = 0, (1 << info.n_pieces) - 1
     try:
