@@ -93,9 +93,11 @@ class Hub:
     def news(self, session, span):
         """The peer now holds `span` too: does that give us something to ask it for, or are both
         complete now? (Else its HAVE needs no wake-up.)"""
-        if self.state.complete:
-            return self.both_complete(session)
-        return bool(span & self.state.missing and self.fetchable(session) & span)
+        s = self.state
+        wanted = span & s.missing
+        if not wanted:
+            return s.complete and session.peer_has & s.full == s.full
+        return bool(wanted & ~s.requested or self.fetchable(session) & span)  # the first: no call
 
     def can_serve(self, first, count):
         return self.state.info is not None and self.state.has_all(first, count)

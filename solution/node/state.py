@@ -119,6 +119,7 @@ class NodeState:
         self.full = self.have = self.missing = self.requested = 0
         self.requested_twice = 0  # endgame: pieces with a second request out; never a third
         self.have_count = 0
+        self.complete = False  # every piece held (a field, not a property: every HAVE reads it)
         self.peers = {}  # (ip, port) -> PeerEntry
         self.conns = {}  # peer node_id -> connection
         self.verified = []  # PeerEntry, in the order their first handshake succeeded
@@ -145,11 +146,8 @@ class NodeState:
     def set_info(self, info):
         self.info = info
         self.full = (1 << info.n_pieces) - 1
+        self.complete = self.have == self.full
         self._notify(Change.META)
-
-    @property
-    def complete(self):
-        return self.info is not None and self.have == self.full
 
     def mark_checked(self, first, count, good):
         """Scan result for pieces first..first+count-1: `good` (bitset) verified, the rest missing."""
@@ -158,6 +156,7 @@ class NodeState:
         self.have |= good
         self.missing |= span & ~self.have
         self.have_count = self.have.bit_count()
+        self.complete = self.have == self.full
         self._notify(Change.REQUESTABLE)
         if good:
             self._on_new_pieces()
@@ -176,6 +175,7 @@ class NodeState:
         self.have |= good
         self.missing &= ~good
         self.have_count = self.have.bit_count()
+        self.complete = self.have == self.full
         self._on_new_pieces()
 
     def _on_new_pieces(self):

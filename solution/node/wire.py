@@ -46,6 +46,7 @@ NAMES = ("hello", "bitfield", "have", "request", "pieces", "reject", "get_meta",
 
 HEADER = struct.Struct(">IB")
 RANGE = struct.Struct(">II")
+_RANGE_FRAME = struct.Struct(">IBII")  # a whole HAVE, REQUEST or REJECT frame
 _HELLO = struct.Struct(">4sB8sH20s")
 _META = struct.Struct(">QI")
 _ADDR = struct.Struct(">4sH")
@@ -107,12 +108,12 @@ def pieces_header(first, count, nbytes):
 
 def encode(msg):
     t = type(msg)
+    if t in _RANGE_KINDS:  # the frequent kinds first
+        return _RANGE_FRAME.pack(1 + RANGE.size, _RANGE_KINDS[t], msg.first, msg.count)
     if t is Hello:
         return frame(HELLO, _HELLO.pack(MAGIC, msg.version, msg.node_id, msg.port, msg.meta_id))
     if t is Bitfield:
         return frame(BITFIELD, bytes(msg.bits))
-    if t in _RANGE_KINDS:
-        return frame(_RANGE_KINDS[t], RANGE.pack(msg.first, msg.count))
     if t is Pieces:
         return pieces_header(msg.first, msg.count, len(msg.data)) + bytes(msg.data)
     if t is GetMeta:
