@@ -145,15 +145,16 @@ class Lab:
         """Switch the LAN on (T0): without STP every port forwards at once."""
         _ip("-n", self.bridge_ns, "link", "set", "br0", "up")
 
-    def port_counters(self):
-        """{host index: (frames the host sent to the bridge, frames the bridge sent the host)}."""
+    def port_counters(self, unit="packets"):
+        """{host index: (frames the host sent to the bridge, frames the bridge sent the host)};
+        unit="bytes": the bytes of those frames instead."""
         links = json.loads(_ip("-n", self.bridge_ns, "-s", "-j", "link", "show"))
         out = {}
         for ln in links:
             name = ln.get("ifname", "")
             if name.startswith("v") and name[1:].isdigit():
                 st = ln["stats64"]
-                out[int(name[1:])] = (st["rx"]["packets"], st["tx"]["packets"])
+                out[int(name[1:])] = (st["rx"][unit], st["tx"][unit])
         return out
 
     def close(self):

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import run  # noqa: E402
+import scale_report  # noqa: E402
 import scenarios  # noqa: E402
 from scenarios import KiB, MiB, Seed  # noqa: E402
 from shape import ScaleLab  # noqa: E402
@@ -47,6 +48,8 @@ STOP_WAIT_S = 20  # SIGTERM to every node at once, then this long for all to exi
 NODE_MEM_MB = {"libtorrent": 50}  # a node's peak RSS at N = 300: libtorrent 36-49 MB...
 NODE_MEM_MB_OURS = 36  # ...ours 30-34 MB
 MEM_SPARE_MB = 4096  # left for page cache, the bench and the machine's other users
+USE_SAMPLE_S = 1.0  # the bridge's port counters are read this often during a run...
+USE_BIN_S = 5.0  # ...and reported as the uplinks' use per this long
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,35 @@ def dup_pieces(lines):
     return sum(int(m.group(1)) for ln in lines if (m := _DUP.search(ln)))
 
 
+class UplinkUse(threading.Thread):
+    """Reads what every host sent into the bridge (bytes on the wire, headers included) each
+    USE_SAMPLE_S from T0 until stopped: how much of the swarm's upload capacity was in use
+    when, for any implementation (the floor assumes every uplink busy from T0 to the end)."""
+
+    def __init__(self, lab_, caps_mbit):
+        super().__init__(daemon=True)
+        self.lab, self.cap_bps = lab_, sum(caps_mbit) * 1e6 / 8
+        self.samples = []  # (seconds since T0, bytes all hosts sent so far)
+        self.halt = threading.Event()
+
+    def run(self):
+        t0 = time.monotonic()
+        while True:
+            sent = sum(up for up, _ in self.lab.port_counters("bytes").values())
+            self.samples.append((time.monotonic() - t0, sent))
+            if self.halt.wait(USE_SAMPLE_S):
+                return
+
+    def by_bin(self):
+        """Share of all uplinks' capacity used in each USE_BIN_S from T0 (the last bin partial)."""
+        out, (t_a, b_a) = [], self.samples[0]
+        for i, (t, b) in enumerate(self.samples[1:], 1):
+            if t - t_a >= USE_BIN_S - USE_SAMPLE_S / 2 or i == len(self.samples) - 1:
+                out.append(round((b - b_a) / (self.cap_bps * (t - t_a)), 3))
+                t_a, b_a = t, b
+        return out
+
+
 def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
     rundir = os.path.join(workdir, "run")
     shutil.rmtree(rundir, ignore_errors=True)
@@ -159,6 +191,7 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
         return None
     load_before = os.getloadavg()[0]
     procs = []
+    use = UplinkUse(lab_, [ws.seeder_mbit] + [ws.mbit] * ws.n)
     lab_.hold()
     ports0 = lab_.port_counters()
     t_spawn = time.monotonic()
@@ -173,12 +206,15 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
         m0, m0s = cpu_times(), _softirq()
         t0 = time.monotonic()
         lab_.release()
+        use.start()
         for pr in procs:
             os.kill(pr.pid, signal.SIGCONT)
         timeout = SYNC_FACTOR * ws.t_min() + SYNC_SLACK_S
         run.wait_until(lambda: all(pr.t_complete for pr in procs), cv, timeout, procs, "completed")
         m1 = cpu_times()
         t_end = time.monotonic()
+        use.halt.set()
+        use.join(USE_SAMPLE_S + 5)
         rss = [pr.peak_rss_mb() for pr in procs]
         use1 = [pr.usage() for pr in procs]
         cpu = [sum(b[:2]) - sum(a[:2]) if a and b else 0.0 for a, b in zip(cpu0, use1)]
@@ -190,6 +226,7 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
         done = sum(1 for pr in procs if pr.t_complete)
         raise SystemExit(f"scale: {tag}: {e} ({done}/{len(procs)} complete; logs in {logdir})")
     finally:
+        use.halt.set()
         _stop_all(procs)
     _save_logs(logdir, tag, procs)
     bad = [(h, why) for h, (data, _) in enumerate(paths) if (why := seed.check(data))]
@@ -210,6 +247,7 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
          "links_max_per_node": max(m for _, m in lk), "links_med_per_node": sorted(m for _, m in lk)[len(lk) // 2],
          "dup_pieces": dup_pieces([ln for pr in procs for ln in pr.lines]) if impl != "libtorrent" else None,
          "all_listening_s": t_listening, "load1": load_before,
+         "uplink_use": use.by_bin(), "uplink_bin_s": USE_BIN_S,
          "solution": run.BASELINE if impl == "baseline" else run.SOLUTION}
     r["valid"] = r["busy"] <= MAX_BUSY
     tm = ws.t_min()
@@ -218,7 +256,9 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
           f"CPU {r['cpu_s']:.0f} s (sys {cpu_sys:.0f} s, softirq {100 * soft:.0f}% of machine; "
           f"{r['cpu_ms_per_mib']:.1f} ms/MiB, seeder {cpu[0]:.1f} s)  "
           f"links {r['links_opened']} (max {r['links_max_per_node']}/node)  RSS med {r['rss_med_mb']:.0f} "
-          f"max {r['rss_max_mb']:.0f} MB  dup {r['dup_pieces']}  start {t_listening:.0f} s", flush=True)
+          f"max {r['rss_max_mb']:.0f} MB  dup {r['dup_pieces']}  start {t_listening:.0f} s  "
+          f"uplinks used {scale_report.share(scale_report.used(r))} "
+          f"(first 30 s {scale_report.share(scale_report.used(r, 30))})", flush=True)
     return r
 
 
@@ -284,7 +324,6 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    import scale_report
     a = parse_args(argv)
     if a.report_only:
         return scale_report.render(a.report_only, a.out)

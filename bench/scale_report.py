@@ -1,4 +1,4 @@
-"""The scale bench's report: docs/bench-scale.md (the W-table) and docs/bench-scale.png (the chart).
+"""The scale bench's report: docs/bench-scale.md (the W-table) and docs/bench-scale.png (the charts).
 
 What lives here: rendering only. Input is bench/out/scale-results.json as scale.py writes it
 (every run, in the order run); `python3 bench/scale.py --report-only` re-renders.
@@ -20,6 +20,21 @@ def _sys(r):
     if not r.get("cpu_sys_s"):
         return ""
     return f" (sys {100 * r['cpu_sys_s'] / r['cpu_s']:.0f}%, softirq {100 * r['softirq']:.0f}% of machine)"
+
+
+def used(r, secs=None):
+    """Mean share of all uplinks' capacity in use over the first `secs` from T0 (whole bins; None:
+    the whole run); None for a run recorded before the bench sampled it."""
+    bins = r.get("uplink_use")
+    if not bins:
+        return None
+    if secs is not None:
+        bins = bins[:max(1, round(secs / r["uplink_bin_s"]))]
+    return sum(bins) / len(bins)
+
+
+def share(x):
+    return "–" if x is None else f"{x:.2f}"
 
 
 def label(r):
@@ -51,10 +66,13 @@ def markdown(runs):
          "kernel's share of it, and the machine's time in softirq (packets through veth, bridge and tbf, "
          "charged to whichever process runs). Links: "
          "connections opened in the run (each counted once), and the most one node held at once. "
-         "RSS: peak (VmHWM) per node, median and max. dup: pieces received twice (endgame), all nodes.", "",
+         "RSS: peak (VmHWM) per node, median and max. dup: pieces received twice (endgame), all nodes. "
+         "**Uplinks used**: bytes all hosts sent into the bridge (headers included) ÷ the sum of their "
+         "upload caps, from T0 to the end, and in brackets over the first 30 s; T_min assumes 1.00 "
+         "from T0 on (the third panel of the chart shows it over time).", "",
          "| scenario | impl | N | T_min s | p50 | p99 | p100 | busy | valid | CPU ms/MiB | links (max/node) "
-         "| RSS med/max MB | dup | start-up s | date |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| RSS med/max MB | dup | start-up s | uplinks used (first 30 s) | date |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         t, tm = r["times"], r["t_min"]
         L.append(f"| {r['scenario']} | {label(r)} | {r['n']} | {tm:.1f} | {_q(t, .5) / tm:.2f} | "
@@ -62,7 +80,7 @@ def markdown(runs):
                  f"{'yes' if r['valid'] else '**NOT VALID**'} | {r['cpu_ms_per_mib']:.1f}{_sys(r)} | "
                  f"{r['links_opened']} ({r['links_max_per_node']}) | {r['rss_med_mb']:.0f}/{r['rss_max_mb']:.0f} | "
                  f"{'–' if r.get('dup_pieces') is None else r['dup_pieces']} | {r['all_listening_s']:.1f} | "
-                 f"{r.get('date', '')} |")
+                 f"{share(used(r))} ({share(used(r, 30))}) | {r.get('date', '')} |")
     scs = {}
     for r in runs:
         scs.setdefault(r["scenario"], r.get("scenario_info", {}))
@@ -71,7 +89,8 @@ def markdown(runs):
         if s:
             L.append(f"| {name} | {s['n']} | {s['size'] >> 20} MiB | {s['piece'] >> 10} KiB | "
                      f"{s['mbit']:g} Mbit/s | {s['seeder_mbit']:g} Mbit/s |")
-    L += ["", "![T/T_min against N, and the completion CDF of the largest run](bench-scale.png)", "",
+    L += ["", "![T/T_min against N; the completion CDF of the largest run and its uplinks in use over "
+          "time](bench-scale.png)", "",
           "What these runs show and what limits us: [bench/README.md](../bench/README.md), "
           "\"What the scale runs show\".", "",
           f"Machine: {os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}.", ""]
@@ -86,7 +105,7 @@ def chart(runs, path):
     last = latest(runs)
     labels = list(dict.fromkeys(label(r) for r in runs))
     color = {lb: COLORS[i % len(COLORS)] for i, lb in enumerate(labels)}
-    fig, (ax, cdf) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    fig, (ax, cdf, up) = plt.subplots(1, 3, figsize=(18, 4.8), dpi=110)
     for lb in labels:
         pts = sorted((r["n"], r) for (sc, l2), r in last.items() if l2 == lb and sc in CURVE_SCENARIOS)
         if len(pts) < 2:
@@ -106,20 +125,33 @@ def chart(runs, path):
     ax.set_xlabel("downloaders N (log scale)")
     ax.set_ylabel("completion time / T_min")
     ax.set_title("Completion time against the floor (every link capped alike)", fontsize=10)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     for lb in labels:  # each implementation's largest run
         mine = [r for (sc, l2), r in last.items() if l2 == lb and sc in CURVE_SCENARIOS]
-        if len(mine) < 2:
+        if not mine:
             continue
         r = max(mine, key=lambda r: r["n"])
         xs = [t / r["t_min"] for t in r["times"]]
         cdf.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post", color=color[lb],
                  label=f"{lb}, N = {r['n']}")
+        if r.get("uplink_use"):
+            step = r["uplink_bin_s"] / r["t_min"]
+            up.step([i * step for i in range(len(r["uplink_use"]) + 1)], r["uplink_use"] + r["uplink_use"][-1:],
+                    where="post", color=color[lb], label=f"{lb}, N = {r['n']}")
     cdf.axvline(1.0, color="black", linewidth=0.8)
     cdf.set_xlabel("completion time / T_min")
     cdf.set_ylabel("share of downloaders complete")
     cdf.set_title("Completion CDF of each implementation's largest run", fontsize=10)
-    cdf.legend(fontsize=7)
+    if cdf.get_legend_handles_labels()[0]:
+        cdf.legend(fontsize=7)
+    up.axhline(1.0, color="black", linewidth=0.8)
+    up.axvline(1.0, color="black", linewidth=0.8)
+    up.set_xlabel("time from T0 / T_min")
+    up.set_ylabel("share of all uplinks' capacity in use")
+    up.set_title("Uplinks in use over time, same runs (the floor: 1.0 until 1.0)", fontsize=10)
+    if up.get_legend_handles_labels()[0]:
+        up.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
