@@ -8,7 +8,10 @@ served at a time per link, UPLOAD_SLOTS per node with UPLOAD_QUEUE waiting for U
 REJECT and a back-off of REJECTED_WAIT_S, the seeder's spread-first rule, one HAVE per piece to
 every neighbour at once. Designs the node does not have are options, off by default (`steal`,
 `match`, `want_max`, and `oracle`: no requests, one scheduler that sees everything).
-Left out: TCP's own dynamics, handshakes, link churn, CPU, and the latency of frames.
+Left out: TCP's own dynamics, handshakes, link churn and CPU. Frames take no time unless
+`delay` is set: then every HAVE and REQUEST arrives that many seconds late (a REJECT and the
+first byte of piece data still at once): the time frames spend queued in the lab (behind
+piece data on the same connection, in a capped link's queue).
 
 A W1 takes ~2 s of CPU here against ~3 min in the lab, so a policy can be tried over many seeds
 before it goes to the lab, which has the last word. Usage (figures: bench/README.md):
@@ -20,6 +23,7 @@ before it goes to the lab, which has the last word. Usage (figures: bench/README
 """
 
 import argparse
+import collections
 import dataclasses
 import os
 import random
@@ -52,6 +56,7 @@ class Model:
     first_run: int = 4  # pieces per request before the link's rate is known (REQUEST_BYTES_MIN)...
     queue_s: float = 2.0  # ...then as many as it moves in this long, one at least (REQUEST_QUEUE_S)
     limit: float = 600.0  # seconds simulated at most
+    delay: float = 0.0  # seconds a HAVE or a REQUEST takes to reach the other end (0: at once)
     # designs, not the node's (1: on); see Sim.steal and Sim.serve
     steal: int = 0  # an idle holder takes over half of what is left of a piece coming from another
     steal_min: float = 0.25  # ...if at least this much of a piece is left
@@ -67,6 +72,7 @@ class Model:
 class Peer:
     def __init__(self, i, cap, have):
         self.i, self.cap, self.have = i, cap, have
+        self.shown = have  # what its neighbours know it holds (its HAVEs arrive `delay` late)
         self.requested = self.twice = self.sent = 0
         self.links = {}  # neighbour index -> Link
         self.slots = self.queued = 0
@@ -109,6 +115,7 @@ class Sim:
         self.dirty = set(range(len(self.peers)))
         self.trace = {}  # 10 s bucket -> [bytes up by downloaders, bytes down, steps]
         self._flows_key = self._rates = None
+        self.later = collections.deque()  # frames in flight, in arrival order: (time, fn, args)
 
     # -- requesting ---------------------------------------------------------------------------
     def fill(self, p):
@@ -116,7 +123,7 @@ class Sim:
             return
         links = list(p.links.items())
         self.rng.shuffle(links)
-        swarm = [self.peers[j].have for j, _ in links]
+        swarm = [self.peers[j].shown for j, _ in links]
         out = sum(len(link.mine) for _, link in links)
         for j, link in links:
             while len(link.mine) < self.m.pipeline and self.t >= link.ask_after:
@@ -125,7 +132,7 @@ class Sim:
                 mine = 0
                 for q in link.mine:
                     mine |= 1 << q
-                run = picker.pick(self.full & ~p.have, p.requested, self.peers[j].have, swarm, self.rng,
+                run = picker.pick(self.full & ~p.have, p.requested, self.peers[j].shown, swarm, self.rng,
                                   self.run_max(link), mine=mine, have_any=p.have != 0, twice=p.twice)
                 if run is None:
                     if self.m.steal and not link.mine:
@@ -171,6 +178,21 @@ class Sim:
         return max(1, min(m.first_run, int(link.rate * m.queue_s / m.piece_bytes)))
 
     def request(self, p, j, run):
+        if self.m.delay:
+            self.send(self.deliver, p, j, run)
+        else:
+            self.deliver(p, j, run)
+
+    def send(self, fn, *args):
+        self.later.append((self.t + self.m.delay, fn, args))  # one delay for all: in order
+
+    def run_due(self):
+        """Frames whose delay has passed reach the other end."""
+        while self.later and self.later[0][0] <= self.t:
+            _, fn, args = self.later.popleft()
+            fn(*args)
+
+    def deliver(self, p, j, run):
         holder = self.peers[j]
         if holder.slots >= self.m.slots and holder.queued >= self.m.queue:
             self.reject(holder, p.i, run)
@@ -333,7 +355,15 @@ class Sim:
             if p.have == self.full:
                 p.done_at = self.t
             self.dirty.add(p.i)
-            self.dirty.update(p.links)  # the HAVE
+            if self.m.delay:
+                self.send(self.show, p, q)
+            else:
+                self.show(p, q)
+
+    def show(self, p, q):
+        """p's HAVE of piece q reaches its neighbours."""
+        p.shown |= 1 << q
+        self.dirty.update(p.links)
 
     def run(self):
         steps_per_s = round(1 / DT)
@@ -342,6 +372,7 @@ class Sim:
             if tick % steps_per_s == 0:  # housekeeping: back-offs run out, queued requests time out
                 self.dirty.update(range(len(self.peers)))
             tick += 1
+            self.run_due()
             if self.m.oracle:
                 if self.dirty:
                     self.dirty = set()

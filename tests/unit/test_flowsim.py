@@ -81,3 +81,29 @@ def test_the_oracle_sends_every_piece_once_and_respects_its_limits():
     assert all(p.have == sim.full for p in sim.peers)
     assert sim.pushes == m.n * m.pieces, "no downloader got a piece twice"
     assert most_in == 1
+
+
+def test_frame_delay_holds_back_requests_and_haves():
+    m = flowsim.Model(n=2, pieces=8, delay=0.5)
+    sim = flowsim.Sim(m, seed=1)
+    seeder, a, b = sim.peers
+    sim.fill(a)
+    assert a.links[0].mine and not seeder.links[a.i].serves, "the request is on its way"
+    sim.t = 0.49
+    sim.run_due()
+    assert not seeder.links[a.i].serves
+    sim.t = 0.5
+    sim.run_due()
+    assert seeder.links[a.i].serves, "and arrives after the delay"
+    sim.arrive(a, 0, 3, rate=None)
+    assert a.have == 1 << 3 and a.shown == 0, "a holds piece 3; its neighbours do not know yet"
+    sim.t = 1.0
+    sim.run_due()
+    assert a.shown == 1 << 3
+
+
+def test_frame_delay_slows_a_swarm_and_every_byte_still_arrives():
+    fast, slow = (flowsim.Sim(flowsim.Model(n=8, pieces=32, delay=d), seed=3) for d in (0.0, 0.5))
+    t_fast, t_slow = max(fast.run()), max(slow.run())
+    assert all(p.have == slow.full for p in slow.peers) and t_slow < slow.m.limit
+    assert t_slow > t_fast
