@@ -164,7 +164,10 @@ class UplinkUse(threading.Thread):
                 return
 
     def by_bin(self):
-        """Share of all uplinks' capacity used in each USE_BIN_S from T0 (the last bin partial)."""
+        """Share of all uplinks' capacity used in each USE_BIN_S from T0 (the last bin partial);
+        [] if fewer than two samples were taken."""
+        if len(self.samples) < 2:
+            return []
         out, (t_a, b_a) = [], self.samples[0]
         for i, (t, b) in enumerate(self.samples[1:], 1):
             if t - t_a >= USE_BIN_S - USE_SAMPLE_S / 2 or i == len(self.samples) - 1:

@@ -137,8 +137,9 @@ def chart(runs, path):
                  label=f"{lb}, N = {r['n']}")
         if r.get("uplink_use"):
             step = r["uplink_bin_s"] / r["t_min"]
-            up.step([i * step for i in range(len(r["uplink_use"]) + 1)], r["uplink_use"] + r["uplink_use"][-1:],
-                    where="post", color=color[lb], label=f"{lb}, N = {r['n']}")
+            use = r["uplink_use"]
+            up.step([i * step for i in range(len(use) + 1)], use + use[-1:], where="post", color=color[lb],
+                    label=f"{lb}, N = {r['n']}")
     cdf.axvline(1.0, color="black", linewidth=0.8)
     cdf.set_xlabel("completion time / T_min")
     cdf.set_ylabel("share of downloaders complete")
@@ -149,7 +150,7 @@ def chart(runs, path):
     up.axvline(1.0, color="black", linewidth=0.8)
     up.set_xlabel("time from T0 / T_min")
     up.set_ylabel("share of all uplinks' capacity in use")
-    up.set_title("Uplinks in use over time, same runs (the floor: 1.0 until 1.0)", fontsize=10)
+    up.set_title("Uplinks in use over time, same runs (T_min: all of them until 1.0)", fontsize=10)
     if up.get_legend_handles_labels()[0]:
         up.legend(fontsize=7)
     fig.tight_layout()

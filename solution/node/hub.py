@@ -97,7 +97,7 @@ class Hub:
         wanted = span & s.missing
         if not wanted:
             return s.complete and session.peer_has & s.full == s.full
-        return bool(wanted & ~s.requested or self.fetchable(session) & span)  # the first: no call
+        return bool(wanted & ~s.requested or self.fetchable(session) & span)  # usually no call
 
     def can_serve(self, first, count):
         return self.state.info is not None and self.state.has_all(first, count)

@@ -41,3 +41,9 @@ def test_report_means_over_whole_bins():
     assert scale_report.used(r) == pytest.approx(7 / 12)
     assert scale_report.used(r, 5) == 0.25
     assert scale_report.share(scale_report.used({"times": []})) == "–"  # a run recorded before sampling
+
+
+def test_a_run_too_short_to_sample_reports_nothing_rather_than_failing():
+    use = sampled(FakeLab(), 0)
+    assert use.by_bin() == []
+    assert scale_report.used({"uplink_use": use.by_bin(), "uplink_bin_s": 5.0}) is None
