@@ -4,7 +4,7 @@
     python3 bench/scale.py --report-only          # re-render docs/bench-scale.md and the chart
 
 What lives here: the W-scenario table, one timed run (per-node completion times, CPU busy share,
-links, RSS), and the order of the runs. The lab and the caps: shape.py. Processes, start gates
+links, RSS, the uplinks' use over time), and the order of the runs. The lab and the caps: shape.py. Processes, start gates
 and the barrier: run.py's, as the main bench uses them. Tables and charts: scale_report.py.
 
 A run: one seeder (host 0) and N downloaders, every link capped (shape.py), each host's
