@@ -144,7 +144,7 @@ class Sim:
                 pieces = list(range(run[0], run[0] + run[1]))
                 out += len(pieces)
                 link.mine += pieces
-                self.request(p, j, pieces)
+                self.send(self.request, p, j, pieces)
 
     def steal(self, p, j):
         """Holder j could serve p at once but has nothing new for it: j takes over half of the
@@ -177,14 +177,12 @@ class Sim:
             return m.first_run
         return max(1, min(m.first_run, int(link.rate * m.queue_s / m.piece_bytes)))
 
-    def request(self, p, j, run):
-        if self.m.delay:
-            self.send(self.deliver, p, j, run)
-        else:
-            self.deliver(p, j, run)
-
     def send(self, fn, *args):
-        self.later.append((self.t + self.m.delay, fn, args))  # one delay for all: in order
+        """A frame: fn(*args) happens at the other end, `delay` seconds from now (0: at once)."""
+        if self.m.delay:
+            self.later.append((self.t + self.m.delay, fn, args))  # one delay for all: in order
+        else:
+            fn(*args)
 
     def run_due(self):
         """Frames whose delay has passed reach the other end."""
@@ -192,7 +190,7 @@ class Sim:
             _, fn, args = self.later.popleft()
             fn(*args)
 
-    def deliver(self, p, j, run):
+    def request(self, p, j, run):
         holder = self.peers[j]
         if holder.slots >= self.m.slots and holder.queued >= self.m.queue:
             self.reject(holder, p.i, run)
@@ -355,10 +353,7 @@ class Sim:
             if p.have == self.full:
                 p.done_at = self.t
             self.dirty.add(p.i)
-            if self.m.delay:
-                self.send(self.show, p, q)
-            else:
-                self.show(p, q)
+            self.send(self.show, p, q)
 
     def show(self, p, q):
         """p's HAVE of piece q reaches its neighbours."""

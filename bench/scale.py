@@ -158,10 +158,12 @@ class UplinkUse(threading.Thread):
     def run(self):
         t0 = time.monotonic()
         while True:
-            sent = sum(up for up, _ in self.lab.port_counters("bytes").values())
-            self.samples.append((time.monotonic() - t0, sent))
+            self.sample(time.monotonic() - t0)
             if self.halt.wait(USE_SAMPLE_S):
                 return
+
+    def sample(self, t):
+        self.samples.append((t, sum(up for up, _ in self.lab.port_counters("bytes").values())))
 
     def by_bin(self):
         """Share of all uplinks' capacity used in each USE_BIN_S from T0 (the last bin partial);
@@ -216,8 +218,6 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
         run.wait_until(lambda: all(pr.t_complete for pr in procs), cv, timeout, procs, "completed")
         m1 = cpu_times()
         t_end = time.monotonic()
-        use.halt.set()
-        use.join(USE_SAMPLE_S + 5)
         rss = [pr.peak_rss_mb() for pr in procs]
         use1 = [pr.usage() for pr in procs]
         cpu = [sum(b[:2]) - sum(a[:2]) if a and b else 0.0 for a, b in zip(cpu0, use1)]
@@ -231,6 +231,7 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
     finally:
         use.halt.set()
         _stop_all(procs)
+    use.join(USE_SAMPLE_S + 5)
     _save_logs(logdir, tag, procs)
     bad = [(h, why) for h, (data, _) in enumerate(paths) if (why := seed.check(data))]
     if bad:

@@ -122,11 +122,8 @@ def chart(runs, path):
     ns = sorted({r["n"] for r in runs if r["scenario"] in CURVE_SCENARIOS})
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.minorticks_off()
-    ax.set_xlabel("downloaders N (log scale)")
-    ax.set_ylabel("completion time / T_min")
-    ax.set_title("Completion time against the floor (every link capped alike)", fontsize=10)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+    _frame(ax, "downloaders N (log scale)", "completion time / T_min",
+           "Completion time against the floor (every link capped alike)")
     for lb in labels:  # each implementation's largest run
         mine = [r for (sc, l2), r in last.items() if l2 == lb and sc in CURVE_SCENARIOS]
         if not mine:
@@ -141,21 +138,23 @@ def chart(runs, path):
             up.step([i * step for i in range(len(use) + 1)], use + use[-1:], where="post", color=color[lb],
                     label=f"{lb}, N = {r['n']}")
     cdf.axvline(1.0, color="black", linewidth=0.8)
-    cdf.set_xlabel("completion time / T_min")
-    cdf.set_ylabel("share of downloaders complete")
-    cdf.set_title("Completion CDF of each implementation's largest run", fontsize=10)
-    if cdf.get_legend_handles_labels()[0]:
-        cdf.legend(fontsize=7)
+    _frame(cdf, "completion time / T_min", "share of downloaders complete",
+           "Completion CDF of each implementation's largest run")
     up.axhline(1.0, color="black", linewidth=0.8)
     up.axvline(1.0, color="black", linewidth=0.8)
-    up.set_xlabel("time from T0 / T_min")
-    up.set_ylabel("share of all uplinks' capacity in use")
-    up.set_title("Uplinks in use over time, same runs (T_min: all of them until 1.0)", fontsize=10)
-    if up.get_legend_handles_labels()[0]:
-        up.legend(fontsize=7)
+    _frame(up, "time from T0 / T_min", "share of all uplinks' capacity in use",
+           "Uplinks in use over time, same runs (T_min: all of them until 1.0)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _frame(axis, xlabel, ylabel, title):
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title, fontsize=10)
+    if axis.get_legend_handles_labels()[0]:  # a panel with nothing drawn gets no empty legend
+        axis.legend(fontsize=7)
 
 
 def render(results_path, outdir):

@@ -96,7 +96,7 @@ class Hub:
         s = self.state
         wanted = span & s.missing
         if not wanted:
-            return s.complete and session.peer_has & s.full == s.full
+            return self.both_complete(session)
         return bool(wanted & ~s.requested or self.fetchable(session) & span)  # usually no call
 
     def can_serve(self, first, count):

@@ -25,8 +25,8 @@ class FakeLab:
 
 def sampled(lab, seconds):
     use = scale.UplinkUse(lab, [4, 4])
-    for t in range(seconds + 1):  # what run() does once per USE_SAMPLE_S, without the clock
-        use.samples.append((t * scale.USE_SAMPLE_S, sum(up for up, _ in lab.port_counters("bytes").values())))
+    for t in range(seconds + 1):  # as run() does once per USE_SAMPLE_S, without the clock
+        use.sample(t * scale.USE_SAMPLE_S)
     return use
 
 
