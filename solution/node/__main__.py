@@ -23,6 +23,8 @@ def main(argv):
     except ConfigError as e:
         sys.stderr.write(f"config error: {e}\n")
         return 2
+    from . import zope_stand_in  # gevent's loop declares interfaces nobody here queries
+    sys.modules.setdefault("zope.interface", zope_stand_in)
     from .main import run
     return run(config)
 

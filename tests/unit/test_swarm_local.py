@@ -360,18 +360,19 @@ def test_metadata_learned_after_the_handshake_still_spreads_on_the_same_link(swa
 def test_start_up_loads_no_plugin_machinery(tmp_path, torrent_factory):
     """Start-up cost matters at 60 nodes on 2 cores: a node that listens has loaded no entry-point
     scan (Debian's gevent.events loads pkg_resources), no ssl, no gevent thread pool or pprint
-    (dataclasses, inspect, ast: 14 ms between them), and patched nothing."""
+    (dataclasses, inspect, ast: 14 ms between them), no zope.interface, and patched nothing."""
     conf = tmp_path / "c.json"
     conf.write_text(json.dumps(torrent_factory(1000, 100).conf([])))
     heavy = ("ssl", "pkg_resources", "importlib.metadata", "gevent.events", "gevent.threadpool", "pprint",
-             "dataclasses")
-    code = ("import os, sys, socket, gevent.socket; from node import config, log, main; emit = log.emit\n"
+             "dataclasses", "zope.interface.interface")
+    code = ("import os, sys, socket; from node import log; from node.__main__ import main; emit = log.emit\n"
             "def at_listening(level, event, **fields):\n"
             "    if event == 'listening':\n"
+            "        import gevent.socket\n"
             f"        print(sorted(m for m in {heavy!r} if m in sys.modules), "
             "socket.socket is gevent.socket.socket, flush=True); os._exit(0)\n"
             "    emit(level, event, **fields)\n"
-            "log.emit = at_listening; main.run(config.load(sys.argv[1:], {}))")
+            "log.emit = at_listening; main(sys.argv[1:])")
     argv = ["--conf", str(conf), "--data", str(tmp_path / "d.bin"), "--bind", "127.0.0.78",
             "--port", str(LocalSwarm(tmp_path).port), "--discovery", "off", "--log-level", "error"]
     out = subprocess.run([sys.executable, "-c", code, *argv], cwd=SOLUTION, capture_output=True, text=True,
