@@ -4,9 +4,10 @@ Rule: datagrams go only to addresses inside the node's own subnet: its subnet's 
 and each address of its own /24 (the grader puts every node in one /24). Bound to a loopback
 address (host tests), that is 127.0.0.0/24. The codec lives in `beacon`; this module moves bytes.
 
-Every node broadcasts an ANNOUNCE each second. The /24 probe sweep is the fallback for networks
-that drop broadcast: it runs only while no ANNOUNCE has been heard and the node has no link (a
-linked node learns addresses by peer exchange, and its peers learn it from its handshakes).
+Every node broadcasts an ANNOUNCE each second (less often on a crowded subnet). The /24 probe
+sweep is the fallback for networks that drop broadcast: it runs only while no ANNOUNCE has been
+heard and the node has no link (a linked node learns addresses by peer exchange, and its peers
+learn it from its handshakes).
 Sweeping costs more than datagrams: each probe to an unused address makes the kernel broadcast
 ARP requests to every container and hold a neighbour entry, and the host's neighbour table is one
 for all containers (1024 entries by default). Late starters of a 60-node swarm that swept while
@@ -26,6 +27,9 @@ from . import beacon, log
 from .state import Source
 
 ANNOUNCE_INTERVAL_S = 1.0  # restarts are frequent: a returning peer is heard within a second
+ANNOUNCES_HEARD_PER_S = 10  # on a crowded subnet each node announces less often, so every node
+#                             hears about this many a second in all: each one wakes its receiver
+ANNOUNCE_INTERVAL_MAX_S = 30.0
 PROBE_GAP_S = 0.004  # one probe every 4 ms: a /24 sweep takes about a second, ~250 datagrams/s
 FIRST_SWEEP_DELAY_S = (1.0, 2.0)  # random, and over one ANNOUNCE_INTERVAL_S: every peer that runs
 #                                  has announced itself once, if broadcast works
@@ -68,6 +72,13 @@ def probe_targets(iface):
 def broadcast_target(iface):
     net = iface.network
     return None if iface.ip.is_loopback or net.prefixlen >= 31 else str(net.broadcast_address)
+
+
+def announce_interval(heard):
+    """Seconds to our next ANNOUNCE, having heard `heard` peers on the subnet: every second while
+    few announce, then as seldom as keeps the subnet's total near ANNOUNCES_HEARD_PER_S. A node's
+    first ANNOUNCE goes out at its start, so a newcomer or a restarted peer is heard at once."""
+    return min(ANNOUNCE_INTERVAL_MAX_S, max(ANNOUNCE_INTERVAL_S, heard / ANNOUNCES_HEARD_PER_S))
 
 
 def sweep_pause(sweeps_done):
@@ -120,7 +131,7 @@ class Discovery:
         while targets:
             for t in targets:
                 self._send(beacon.ANNOUNCE, t)
-            gevent.sleep(ANNOUNCE_INTERVAL_S)
+            gevent.sleep(announce_interval(len(self._seen)))
 
     def _sweep_needed(self):
         return not self.broadcast_works and not self.node.state.conns

@@ -2,6 +2,7 @@
 other-version and port-0 datagrams raise BeaconError (the caller skips them); a restarted peer's
 new instance id is visible in what we decode."""
 
+import ipaddress
 import os
 import struct
 
@@ -85,3 +86,30 @@ def test_sweeps_slow_down_after_the_first_few():
     from node.discovery import SWEEP_REPEAT_S, SWEEP_REPEAT_SLOW_S, sweep_pause
     assert all(SWEEP_REPEAT_S[0] <= sweep_pause(n) <= SWEEP_REPEAT_S[1] for n in (1, 2))
     assert sweep_pause(3) == sweep_pause(50) == SWEEP_REPEAT_SLOW_S
+
+
+def test_announces_thin_out_on_a_crowded_subnet_and_the_first_goes_out_at_start(monkeypatch):
+    """Every ANNOUNCE wakes every node of the subnet. A node announces at once when it starts (a
+    newcomer or restarted peer is heard and dialled then), every second while few others do, and
+    less often the more it hears, so a node of a 60-node subnet is woken ~10 times a second, not 60."""
+    from node import discovery
+    disc = Discovery(SimpleNamespace(config=SimpleNamespace(port=6881, bind="127.0.0.5"), state=NodeState(b"x")))
+    disc.ifaces = [ipaddress.ip_interface("10.9.0.5/24")]
+    events = []
+    monkeypatch.setattr(disc, "_send", lambda kind, ip: events.append(("send", ip)))
+
+    def sleep(s):
+        events.append(("sleep", s))
+        disc._seen.update({f"10.9.0.{i}": b"i" for i in range(10, 10 + 3 * len(events))})
+        if len(events) > 6:
+            raise StopIteration
+
+    monkeypatch.setattr(discovery.gevent, "sleep", sleep)
+    with pytest.raises(StopIteration):
+        disc._announce_loop()
+    assert events[0] == ("send", "10.9.0.255")
+    pauses = [s for what, s in events if what == "sleep"]
+    assert pauses[0] == discovery.ANNOUNCE_INTERVAL_S and pauses == sorted(pauses) and pauses[-1] > 1
+    for n in (2, 10, 60, 254):  # n nodes, each hearing the other n - 1
+        heard_per_s = (n - 1) / discovery.announce_interval(n - 1)
+        assert heard_per_s <= max(n - 1, discovery.ANNOUNCES_HEARD_PER_S)
