@@ -247,8 +247,8 @@ class Hub:
                 self.storage.sendfile(sock, offset, n, progress)
             else:
                 self.storage.send_copy(sock, offset, n, progress)
+            self.state.count("bytes_out", n)  # per slice: a reply cut short still counts what left
             offset += n
-        self.state.count("bytes_out", nbytes)
         return nbytes
 
     def meta_frame(self):
