@@ -40,6 +40,7 @@ CLEANUP_WAIT_S = 1.0  # the writer, server and verifier get this long to end wit
 FAIR_FRAMES = 256  # a reader whose peer always has frames ready yields after this many in a row
 RCVLOWAT_MAX = 32 << 10  # piece data wakes the reader per this many bytes (more: the window may clamp)...
 RCVLOWAT_BELOW_RATE = 8 << 20  # ...on a link measured slower than this (bytes/s); a LAN wakes as before
+RCVLOWAT_READS_BELOW = 4 << 10  # ...whose reads of piece data average under this: a packet or two a wake-up
 REJECTED_WAIT_S = 1.0  # after a REJECT we ask that peer for nothing this long: it is busy
 
 SLOW_UPLINK = 8 << 20  # a link taking our replies slower than this (bytes/s) is slow: it needs an
@@ -90,6 +91,7 @@ class Conn:
         self._writer = self._server = self._verifier = None
         # SO_RCVLOWAT on plain TCP only: through TLS, raw bytes and plaintext differ in count
         self._lowat = 1 if zero_copy else None
+        self._read_avg = float(RCVLOWAT_MAX)  # bytes per recv of piece data while SO_RCVLOWAT is 1
 
     @property
     def name(self):
@@ -173,12 +175,15 @@ class Conn:
             if self.reason is not None:  # closed from elsewhere: data may still sit in the socket
                 raise Closed(self.reason, self.detail)
             view = s.recv_view()
-            slow = s.into_chunk and s.rate is not None and s.rate < RCVLOWAT_BELOW_RATE
+            slow = (s.into_chunk and s.rate is not None and s.rate < RCVLOWAT_BELOW_RATE
+                    and self._read_avg < RCVLOWAT_READS_BELOW)
             if self._lowat is not None and (slow or self._lowat != 1):
                 self._set_lowat(min(len(view), RCVLOWAT_MAX) if slow else 1)
             n = self.sock.recv_into(view)
             if not n:
                 raise EOFError("peer closed the connection")
+            if s.into_chunk and self._lowat == 1:
+                self._read_avg += (n - self._read_avg) / 4
             more = s.received(n, time.monotonic())
             self._share_time()
 
