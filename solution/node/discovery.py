@@ -31,8 +31,8 @@ ANNOUNCES_HEARD_PER_S = 10  # on a crowded subnet each node announces less often
 #                             hears about this many a second in all: each one wakes its receiver
 ANNOUNCE_INTERVAL_MAX_S = 30.0
 PROBE_GAP_S = 0.004  # one probe every 4 ms: a /24 sweep takes about a second, ~250 datagrams/s
-FIRST_SWEEP_DELAY_S = (1.0, 2.0)  # random, and over one ANNOUNCE_INTERVAL_S: every peer that runs
-#                                  has announced itself once, if broadcast works
+FIRST_SWEEP_DELAY_S = (1.0, 2.0)  # random, and over one ANNOUNCE_INTERVAL_S: if broadcast works and
+#                                  anyone runs, an ANNOUNCE has been heard (~10 a second in all)
 LINKED_RECHECK_S = 1.0  # while linked, no sweep: look again this often
 SWEEP_REPEAT_S = (2.0, 5.0)  # after the first sweeps, then every SWEEP_REPEAT_SLOW_S
 SWEEP_REPEAT_SLOW_S = 10.0  # while broadcast still seems not to work
