@@ -9,10 +9,8 @@ same lab, for a side-by-side figure. Run it under the heavy lock on a quiet mach
 """
 
 import argparse
-import hashlib
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -23,26 +21,20 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import lab  # noqa: E402
+from hostile import cpu_s, make_file  # noqa: E402
 
 START_GAP_S = 0.2
 SETTLE_S = 5.0
 WINDOW_S = 10.0
 SIZE, PIECE = 1 << 20, 64 << 10
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def run(the_lab, python, solution, discovery, work):
     """Start every node, let them settle, and return each one's CPU (ms per second) over WINDOW_S."""
-    data = random.Random(1).randbytes(SIZE)
-    parts = [hashlib.sha1(data[i:i + PIECE]).hexdigest() for i in range(0, SIZE, PIECE)]
+    data, info = make_file(SIZE, PIECE)
     conf = os.path.join(work, "torrent.conf")
     with open(conf, "w") as f:
-        json.dump({"Peers": [], "FileInfo": {"Size": SIZE, "PartSize": PIECE, "Parts": parts}}, f)
+        json.dump({"Peers": [], "FileInfo": info}, f)
     procs = []
     try:
         for i in range(the_lab.n):

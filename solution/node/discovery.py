@@ -29,7 +29,7 @@ from .state import Source
 ANNOUNCE_INTERVAL_S = 1.0  # restarts are frequent: a returning peer is heard within a second
 ANNOUNCES_HEARD_PER_S = 10  # on a crowded subnet each node announces less often, so every node
 #                             hears about this many a second in all: each one wakes its receiver
-ANNOUNCE_INTERVAL_MAX_S = 30.0
+ANNOUNCE_INTERVAL_MAX_S = 30.0  # however wide the subnet, a lost ANNOUNCE is made up within half a minute
 PROBE_GAP_S = 0.004  # one probe every 4 ms: a /24 sweep takes about a second, ~250 datagrams/s
 FIRST_SWEEP_DELAY_S = (1.0, 2.0)  # random, and over one ANNOUNCE_INTERVAL_S: if broadcast works and
 #                                  anyone runs, an ANNOUNCE has been heard (~10 a second in all)
