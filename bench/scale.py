@@ -16,6 +16,7 @@ above MAX_BUSY the run is marked NOT VALID: it measured the CPU, not the links.
 """
 
 import argparse
+import calendar
 import json
 import os
 import random
@@ -152,7 +153,8 @@ class UplinkUse(threading.Thread):
     def __init__(self, lab_, caps_mbit):
         super().__init__(daemon=True)
         self.lab, self.cap_bps = lab_, sum(caps_mbit) * 1e6 / 8
-        self.samples = []  # (seconds since T0, bytes all hosts sent so far)
+        self.seeder_cap_bps = caps_mbit[0] * 1e6 / 8
+        self.samples = []  # (seconds since T0, bytes all hosts sent so far, bytes host 0 sent so far)
         self.halt = threading.Event()
 
     def run(self):
@@ -163,19 +165,27 @@ class UplinkUse(threading.Thread):
                 return
 
     def sample(self, t):
-        self.samples.append((t, sum(up for up, _ in self.lab.port_counters("bytes").values())))
+        ports = self.lab.port_counters("bytes")
+        self.samples.append((t, sum(up for up, _ in ports.values()), ports[0][0]))
 
     def by_bin(self):
         """Share of all uplinks' capacity used in each USE_BIN_S from T0 (the last bin partial);
         [] if fewer than two samples were taken."""
         if len(self.samples) < 2:
             return []
-        out, (t_a, b_a) = [], self.samples[0]
-        for i, (t, b) in enumerate(self.samples[1:], 1):
+        out, (t_a, b_a, _) = [], self.samples[0]
+        for i, (t, b, _) in enumerate(self.samples[1:], 1):
             if t - t_a >= USE_BIN_S - USE_SAMPLE_S / 2 or i == len(self.samples) - 1:
                 out.append(round((b - b_a) / (self.cap_bps * (t - t_a)), 3))
                 t_a, b_a = t, b
         return out
+
+    def seeder(self, t_end):
+        """(bytes the seeder sent on the wire from T0 to t_end, share of its uplink's capacity
+        that was): the floor's F/U term assumes it sent each piece once, never idle."""
+        inside = [x for x in self.samples if x[0] <= t_end] or self.samples[:1]
+        (t_a, _, b_a), (t_b, _, b_b) = self.samples[0], inside[-1]
+        return b_b - b_a, (b_b - b_a) / (self.seeder_cap_bps * max(t_b - t_a, 1e-9))
 
 
 def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
@@ -209,7 +219,7 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
         ports1 = lab_.port_counters()
         cpu0 = [pr.usage() for pr in procs]
         m0, m0s = cpu_times(), _softirq()
-        t0 = time.monotonic()
+        t0, t0_wall = time.monotonic(), time.time()
         lab_.release()
         use.start()
         for pr in procs:
@@ -241,6 +251,7 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
     if crossed:
         raise SystemExit(f"scale: {tag}: BARRIER BROKEN: {crossed} frames reached hosts before T0")
     times = sorted(pr.t_complete - t0 for pr in procs[1:])
+    seeder_sent, seeder_use = use.seeder(t_end - t0)
     lk = [links(impl, pr.lines) for pr in procs]
     moved_mib = ws.n * ws.size / MiB
     r = {"scenario": ws.name, "impl": impl, "n": ws.n, "t_min": ws.t_min(), "times": times,
@@ -252,6 +263,8 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
          "dup_pieces": dup_pieces([ln for pr in procs for ln in pr.lines]) if impl != "libtorrent" else None,
          "all_listening_s": t_listening, "load1": load_before,
          "uplink_use": use.by_bin(), "uplink_bin_s": USE_BIN_S,
+         "seeder_sent_files": seeder_sent / ws.size, "seeder_use": seeder_use,
+         "seeder_all_out_s": _logged_at(procs[0].lines, "every_piece_sent", t0_wall),
          "solution": run.BASELINE if impl == "baseline" else run.SOLUTION}
     r["valid"] = r["busy"] <= MAX_BUSY
     tm = ws.t_min()
@@ -262,8 +275,19 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
           f"links {r['links_opened']} (max {r['links_max_per_node']}/node)  RSS med {r['rss_med_mb']:.0f} "
           f"max {r['rss_max_mb']:.0f} MB  dup {r['dup_pieces']}  start {t_listening:.0f} s  "
           f"uplinks used {scale_report.share(scale_report.used(r))} "
-          f"(first 30 s {scale_report.share(scale_report.used(r, 30))})", flush=True)
+          f"(first 30 s {scale_report.share(scale_report.used(r, 30))}), seeder's "
+          f"{seeder_use:.2f}: it sent {r['seeder_sent_files']:.2f}x the file, every piece once by "
+          f"{scale_report.multiple(r['seeder_all_out_s'], tm)} T_min", flush=True)
     return r
+
+
+def _logged_at(lines, event, t0_wall):
+    """Seconds from T0 to a node's first `event` line (by the ts it logged), None if none."""
+    for ln in lines:
+        if f"event={event} " in ln or ln.endswith(f"event={event}"):
+            ts = ln.split(" ", 1)[0].removeprefix("ts=")
+            return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + float(ts[19:-1]) - t0_wall
+    return None
 
 
 def _mem_available_mb():

@@ -33,6 +33,17 @@ def used(r, secs=None):
     return sum(bins) / len(bins)
 
 
+def _seeder(r):
+    if r.get("seeder_use") is None:  # a run recorded before the bench sampled the seeder
+        return "–"
+    return f"{r['seeder_use']:.2f}, {r['seeder_sent_files']:.2f}x F, all out {multiple(r.get('seeder_all_out_s'), r['t_min'])}"
+
+
+def multiple(secs, t_min):
+    """secs as a multiple of T_min ("–" for an implementation that does not log it)."""
+    return "–" if secs is None else f"{secs / t_min:.2f}x"
+
+
 def share(x):
     return "–" if x is None else f"{x:.2f}"
 
@@ -69,10 +80,13 @@ def markdown(runs):
          "RSS: peak (VmHWM) per node, median and max. dup: pieces received twice (endgame), all nodes. "
          "**Uplinks used**: bytes all hosts sent into the bridge (headers included) ÷ the sum of their "
          "upload caps, from T0 to the end, and in brackets over the first 30 s; T_min assumes 1.00 "
-         "from T0 on (the third panel of the chart shows it over time).", "",
+         "from T0 on (the third panel of the chart shows it over time). **Seeder**: its own uplink's "
+         "share in use until the last downloader completed, and the bytes it sent by then as "
+         "multiples of the file, and when every piece had left it once (its `every_piece_sent` line) as a "
+         "multiple of T_min: the floor's F/U term needs each piece sent once by ~1.00.", "",
          "| scenario | impl | N | T_min s | p50 | p99 | p100 | busy | valid | CPU ms/MiB | links (max/node) "
-         "| RSS med/max MB | dup | start-up s | uplinks used (first 30 s) | date |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| RSS med/max MB | dup | start-up s | uplinks used (first 30 s) | seeder: used, sent | date |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         t, tm = r["times"], r["t_min"]
         L.append(f"| {r['scenario']} | {label(r)} | {r['n']} | {tm:.1f} | {_q(t, .5) / tm:.2f} | "
@@ -80,7 +94,7 @@ def markdown(runs):
                  f"{'yes' if r['valid'] else '**NOT VALID**'} | {r['cpu_ms_per_mib']:.1f}{_sys(r)} | "
                  f"{r['links_opened']} ({r['links_max_per_node']}) | {r['rss_med_mb']:.0f}/{r['rss_max_mb']:.0f} | "
                  f"{'–' if r.get('dup_pieces') is None else r['dup_pieces']} | {r['all_listening_s']:.1f} | "
-                 f"{share(used(r))} ({share(used(r, 30))}) | {r.get('date', '')} |")
+                 f"{share(used(r))} ({share(used(r, 30))}) | {_seeder(r)} | {r.get('date', '')} |")
     scs = {}
     for r in runs:
         scs.setdefault(r["scenario"], r.get("scenario_info", {}))

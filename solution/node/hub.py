@@ -13,7 +13,7 @@ import gevent
 import ujson
 from gevent.lock import Semaphore
 
-from . import picker, status, wire
+from . import log, picker, status, wire
 from .budget import UploadPace
 from .state import Source
 
@@ -42,6 +42,7 @@ class Hub:
         self.uplink_slow = True  # as the last link measured found it: a new link starts so (conn.py)
         self._uplink_measured = False
         self._sent = 0  # pieces we began to send at least once
+        self._sent_all = False
         self._meta_frame = None
 
     def use_storage(self, storage):
@@ -249,6 +250,9 @@ class Hub:
                 self.storage.send_copy(sock, offset, n, progress)
             self.state.count("bytes_out", n)  # per slice: a reply cut short still counts what left
             offset += n
+        if self._sent == self.state.full and not self._sent_all:
+            self._sent_all = True  # a seeder's milestone: the swarm could now finish without it
+            log.info("every_piece_sent", bytes_out=self.state.counters["bytes_out"])
         return nbytes
 
     def meta_frame(self):

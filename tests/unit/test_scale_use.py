@@ -47,3 +47,19 @@ def test_a_run_too_short_to_sample_reports_nothing_rather_than_failing():
     use = sampled(FakeLab(), 0)
     assert use.by_bin() == []
     assert scale_report.used({"uplink_use": use.by_bin(), "uplink_bin_s": 5.0}) is None
+
+
+def test_the_seeders_own_uplink_is_reported_up_to_the_last_completion():
+    use = sampled(FakeLab(), 12)
+    sent, share = use.seeder(10.0)  # samples after the end (the stop) do not count
+    assert sent == 2_500_000
+    assert share == pytest.approx(0.5)  # 250 of its 500 kB/s
+
+
+def test_an_event_is_timed_from_t0_by_the_time_the_node_logged():
+    lines = ["ts=2026-12-02T12:00:01.000Z level=info event=listening addr=x",
+             "ts=2026-12-02T12:01:08.250Z level=info event=every_piece_sent bytes_out=1"]
+    t0 = scale.calendar.timegm((2026, 12, 2, 12, 0, 1, 0, 0, 0))
+    assert scale._logged_at(lines, "every_piece_sent", t0) == pytest.approx(67.25)
+    assert scale._logged_at(lines, "complete", t0) is None
+    assert scale_report.multiple(67.25, 67.25) == "1.00x" and scale_report.multiple(None, 67.1) == "–"

@@ -17,7 +17,7 @@ import pytest
 from gevent.server import StreamServer
 
 from node.session import Session
-from node import status, wire
+from node import log, status, wire
 from node.config import parse_file_info
 from node.picker import span_bits
 
@@ -86,6 +86,18 @@ def test_links_close_once_both_ends_are_complete(swarm, torrent_factory):
         swarm.start(i, t.conf(peers(swarm, 0, 1, 2, 3, 4, 5)))
     assert swarm.wait_complete()
     assert swarm.wait(lambda: not any(n.state.conns for n in swarm.nodes.values()), 5)
+
+
+def test_a_seeder_says_once_when_every_piece_has_left_it(swarm, torrent_factory, monkeypatch):
+    said = []
+    monkeypatch.setattr(log, "info", lambda event, **f: said.append(f) if event == "every_piece_sent" else None)
+    t = torrent_factory(256 * 1024, 4096, seed=21)
+    swarm.start(0, t.conf(peers(swarm, 0, 1)), data=t.data)
+    swarm.start(1, t.conf(peers(swarm, 0, 1)))
+    assert swarm.wait_complete()
+    assert swarm.wait(lambda: said, 5)
+    gevent.sleep(0.2)
+    assert said == [{"bytes_out": t.size}]  # one seeder, one downloader: each piece left once
 
 
 def test_many_sources_no_node_has_everything(swarm, torrent_factory):
