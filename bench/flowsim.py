@@ -112,6 +112,7 @@ class Sim:
                     p.links[j], self.peers[j].links[p.i] = Link(), Link()
         self.t = 0.0
         self.steals = self.pushes = 0
+        self.all_out = None  # when the seeder had begun sending every piece once
         self.dirty = set(range(len(self.peers)))
         self.trace = {}  # 10 s bucket -> [bytes up by downloaders, bytes down, steps]
         self._flows_key = self._rates = None
@@ -233,6 +234,8 @@ class Sim:
                         continue
                     h.slots += 1
                     h.sent |= span
+                    if h.i == 0 and h.sent == self.full and self.all_out is None:
+                        self.all_out = self.t
                     link.active = [run, 0, float(part or m.piece_bytes), self.t, part]
                 elif self.t - asked >= m.wait:
                     link.serves.pop(0)
@@ -414,8 +417,9 @@ def main(argv=None):
     for seed in range(1, a.runs + 1):
         sim = Sim(m, seed)
         res.append(summary(sim.run(), sim.t_min()))
-        print(f"seed {seed}: p50 {res[-1][0]:.2f}x  p100 {res[-1][1]:.2f}x T_min ({sim.t_min():.1f} s)"
-              + (f", {sim.steals} pieces split" if m.steal else ""))
+        out = "never" if sim.all_out is None else f"{sim.all_out / sim.t_min():.2f}x"
+        print(f"seed {seed}: p50 {res[-1][0]:.2f}x  p100 {res[-1][1]:.2f}x T_min ({sim.t_min():.1f} s), "
+              f"the seeder's every piece begun by {out}" + (f", {sim.steals} pieces split" if m.steal else ""))
         if a.trace:
             cap = m.mbit * 1e6 / 8 * m.n
             for b, (up, down, steps) in sorted(sim.trace.items()):
