@@ -85,7 +85,7 @@ def markdown(runs):
          "multiples of the file, and when every piece had left it once (its `every_piece_sent` line) as a "
          "multiple of T_min: the floor's F/U term needs each piece sent once by ~1.00.", "",
          "| scenario | impl | N | T_min s | p50 | p99 | p100 | busy | valid | CPU ms/MiB | links (max/node) "
-         "| RSS med/max MB | dup | start-up s | uplinks used (first 30 s) | seeder: used, sent | date |",
+         "| RSS med/max MB | dup | start-up s | uplinks used (first 30 s) | seeder: used, sent, all out | date |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         t, tm = r["times"], r["t_min"]
