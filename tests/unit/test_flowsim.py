@@ -41,6 +41,8 @@ def test_one_downloader_takes_the_file_at_its_links_payload_rate():
     # each transfer ends on a step's boundary: up to one step lost per piece
     assert done == pytest.approx(m.pieces * m.piece_bytes / payload_rate + m.pieces * flowsim.DT / 2,
                                  abs=m.pieces * flowsim.DT / 2)
+    # the seeder began its last fresh piece one piece's time before the end
+    assert sim.all_out == pytest.approx(done - m.piece_bytes / payload_rate, abs=2 * flowsim.DT)
 
 
 def test_a_swarm_completes_and_never_beats_the_bound():
