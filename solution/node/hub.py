@@ -250,7 +250,7 @@ class Hub:
                 self.storage.send_copy(sock, offset, n, progress)
             self.state.count("bytes_out", n)  # per slice: a reply cut short still counts what left
             offset += n
-        if self._sent == self.state.full and not self._sent_all:
+        if not self._sent_all and self._sent == self.state.full:  # once only: the flag first
             self._sent_all = True  # a seeder's milestone: the swarm could now finish without it
             log.info("every_piece_sent", bytes_out=self.state.counters["bytes_out"])
         return nbytes
