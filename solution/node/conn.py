@@ -21,12 +21,12 @@ import time
 
 import gevent
 from gevent.event import Event
-from gevent.lock import Semaphore
 from gevent.queue import Queue
 
 from . import log, wire
 from .budget import FRAME_COST, PEX_ADDR_COST, STATUS_COST, Budget
 from .config import FileInfo
+from .greenlets import Semaphore
 from .hub import PIPELINE_REQUESTS
 from .picker import span_bits
 from .session import NEED_BUFFER, NEED_DATA, Chunk, Closed, Reason, Session

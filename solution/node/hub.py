@@ -11,10 +11,10 @@ import time
 
 import gevent
 import ujson
-from gevent.lock import Semaphore
 
 from . import log, picker, status, wire
 from .budget import UploadPace
+from .greenlets import Semaphore
 from .state import Source
 
 REQUEST_BYTES_MIN = 1 << 20  # a REQUEST asks for a run of pieces this big at least...

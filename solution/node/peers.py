@@ -12,11 +12,10 @@ import time
 import gevent
 from gevent import socket
 from gevent.event import Event
-from gevent.pool import Pool
-from gevent.server import StreamServer
 
 from . import log
 from .conn import Conn
+from .greenlets import Group
 from .session import Reason
 from .state import PeerEntry, Source
 
@@ -34,6 +33,7 @@ HOUSEKEEPING_S = 1.0  # how often stalled and useless links are looked for
 BAN_S = 60.0  # a peer that sent bad pieces repeatedly is ignored this long
 STOP_GRACE_S = 0.1  # at shutdown, links get this long to end cleanly before they are killed
 LISTEN_BACKLOG = 128  # connects the kernel completes while we do not accept (start-up, full pool)
+ACCEPT_RETRY_S = 0.1  # after a failed accept (out of descriptors): let links close first
 
 
 class Swarm:
@@ -43,9 +43,10 @@ class Swarm:
         self.gate = gate  # tls.Gate: links are TLS between members only; None: open
         self._crash = crash  # crash(greenlet): a loop of ours died of a bug
         self.hub = None
-        self.in_pool = Pool(MAX_INBOUND + INBOUND_OVERFLOW)
-        self.out_pool = Pool(MAX_OUTBOUND)
-        self.server = None
+        self.in_pool = Group(MAX_INBOUND + INBOUND_OVERFLOW)
+        self.out_pool = Group(MAX_OUTBOUND)
+        self._listener = None
+        self._accepting = None
         self.banned = {}  # node_id or ip -> until (monotonic)
         self.inbound_by_ip = {}  # ip -> open inbound sockets, handshaking or not
         self.clients = set()  # admitted links that are not peers (port 0: `node status`)
@@ -69,21 +70,24 @@ class Swarm:
         except OSError:
             sock.close()
             raise
-        self.server = StreamServer(sock, self._accept, spawn=self.in_pool)
+        self._listener = sock
 
     def open(self):
         """Accept links and start dialling."""
         if self._loops:
             return
-        self.server.start()
-        self._loops = [gevent.spawn(self._dial_loop), gevent.spawn(self._housekeeping)]
+        self._accepting = gevent.spawn(self._accept_loop)
+        self._loops = [self._accepting, gevent.spawn(self._dial_loop), gevent.spawn(self._housekeeping)]
         for g in self._loops:
             g.link_exception(self._crash)
 
     def stop(self):
         """Stop accepting, close every link, and wait briefly for their greenlets."""
-        if self.server is not None:
-            self.server.close()
+        if self._accepting is not None:
+            self._accepting.kill()  # before the close, so accept() is not woken by it
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
             log.info("listener_closed", result="ok")
         for g in self._loops:
             g.kill(block=False)
@@ -93,18 +97,29 @@ class Swarm:
         self.in_pool.join(timeout=STOP_GRACE_S)
         self.out_pool.join(timeout=STOP_GRACE_S)
         for pool in (self.in_pool, self.out_pool):
-            pool.kill(block=True, timeout=STOP_GRACE_S)  # handshakes and dials in progress
+            pool.kill(timeout=STOP_GRACE_S)  # handshakes and dials in progress
         log.info("connections_closed", count=len(conns), result="ok")
 
     @property
     def listening(self):
         """The peer listener accepts connections (started, not yet closed at shutdown)."""
-        return self.server is not None and self.server.started
+        return self._listener is not None and self._accepting is not None
 
     def wake(self):
         self._wake.set()
 
     # -- inbound ------------------------------------------------------------------------------
+    def _accept_loop(self):
+        while True:
+            self.in_pool.wait_free()  # past the bound, connects wait in the kernel's backlog
+            try:
+                sock, addr = self._listener.accept()
+            except OSError as e:
+                log.warning("accept_failed", why=str(e), result="retry")
+                gevent.sleep(ACCEPT_RETRY_S)
+                continue
+            self.in_pool.spawn(self._accept, sock, addr)
+
     def _accept(self, sock, addr):
         ip = addr[0]
         inbound = sum(1 for c in self.state.conns.values() if not c.outbound)

@@ -18,10 +18,10 @@ import time
 
 import gevent
 from gevent.event import AsyncResult
-from gevent.lock import Semaphore
 from gevent.socket import wait_write
 
 from . import log
+from .greenlets import Semaphore
 from .picker import runs, span_bits
 
 SCAN_BATCH_BYTES = 1 << 20  # verify the existing file in 1 MiB steps, publishing pieces as they pass

@@ -49,7 +49,7 @@ class Link:
 
     def __init__(self, sock, ctx, server_side, raw):
         import gevent
-        from gevent.lock import Semaphore
+        from .greenlets import Semaphore
         self._spawn = gevent.spawn
         self._sock = sock
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()

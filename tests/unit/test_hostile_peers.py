@@ -11,6 +11,7 @@ from gevent.server import StreamServer
 
 from node import conn, wire
 from node.config import parse_file_info
+from node.peers import INBOUND_OVERFLOW, MAX_INBOUND, MAX_INBOUND_PER_IP
 
 from swarmkit import LocalSwarm, decode_frames
 
@@ -102,6 +103,29 @@ def test_connection_flood_from_one_address_does_not_starve_real_peers(swarm, tor
         assert len(seeder.swarm.in_pool) <= 32  # slots stay bounded
     finally:
         for s in flood:
+            s.close()
+
+
+def test_connects_past_the_inbound_bound_wait_in_the_backlog_until_a_place_frees(swarm, torrent_factory):
+    t = torrent_factory(10_000, 1000, seed=3)
+    seeder = swarm.start(0, t.conf([]), data=t.data)
+    bound = MAX_INBOUND + INBOUND_OVERFLOW
+    silent = [raw_client(swarm, 0, f"127.0.0.{60 + i // MAX_INBOUND_PER_IP}") for i in range(bound)]
+    try:
+        for s in silent:  # each accepted: the node greets at once, then waits for our hello
+            s.settimeout(2.0)
+            assert s.recv(1)
+        late = raw_client(swarm, 0, "127.0.0.90")  # the kernel completes the connect...
+        late.settimeout(0.5)
+        with pytest.raises(socket.timeout):  # ...but the node does not take it while full
+            late.recv(1)
+        assert len(seeder.swarm.in_pool) == bound
+        silent.pop().close()
+        late.settimeout(2.0)
+        assert late.recv(1)  # taken as soon as a place freed, long before any handshake timeout
+        late.close()
+    finally:
+        for s in silent:
             s.close()
 
 

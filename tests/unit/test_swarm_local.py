@@ -372,11 +372,12 @@ def test_metadata_learned_after_the_handshake_still_spreads_on_the_same_link(swa
 def test_start_up_loads_no_plugin_machinery(tmp_path, torrent_factory):
     """Start-up cost matters at 60 nodes on 2 cores: a node that listens has loaded no entry-point
     scan (Debian's gevent.events loads pkg_resources), no ssl, no gevent thread pool or pprint
-    (dataclasses, inspect, ast: 14 ms between them), no zope.interface, and patched nothing."""
+    (dataclasses, inspect, ast: 14 ms between them), no zope.interface, no gevent.lock (it loads
+    gevent.monkey, and that inspect), and patched nothing."""
     conf = tmp_path / "c.json"
     conf.write_text(json.dumps(torrent_factory(1000, 100).conf([])))
     heavy = ("ssl", "pkg_resources", "importlib.metadata", "gevent.events", "gevent.threadpool", "pprint",
-             "dataclasses", "zope.interface.interface")
+             "dataclasses", "zope.interface.interface", "gevent.lock", "gevent.monkey", "inspect")
     code = ("import os, sys, socket; from node import log; from node.__main__ import main; emit = log.emit\n"
             "def at_listening(level, event, **fields):\n"
             "    if event == 'listening':\n"

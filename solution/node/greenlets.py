@@ -1,0 +1,56 @@
+"""gevent's Semaphore, and a bounded group of greenlets, loaded without gevent.lock or gevent.pool.
+
+Rule: the node takes these from here, never from gevent.lock, gevent.pool or gevent.server.
+gevent.lock imports gevent.monkey for one helper, and gevent.monkey imports inspect: about a tenth
+of a node's start-up (docs/tuning.md), paid again by every container a swarm starts. The node runs
+one event loop in one thread, so the Semaphore it needs is the class gevent.lock re-exports when
+gevent is compiled (tests/unit/test_greenlets.py holds the two equal).
+"""
+
+import gevent
+from gevent._semaphore import Semaphore
+from gevent.event import Event
+
+
+class Group:
+    """At most `size` greenlets at once: spawn() waits while the group is full. The part of
+    gevent.pool.Pool the node uses: spawn, free_count, len, join, kill."""
+
+    def __init__(self, size):
+        self.size = size
+        self.greenlets = set()
+        self._places = Semaphore(size)
+        self._empty = Event()
+        self._empty.set()
+
+    def __len__(self):
+        return len(self.greenlets)
+
+    def spawn(self, fn, *args):
+        self._places.acquire()
+        g = gevent.spawn(fn, *args)
+        self.greenlets.add(g)
+        self._empty.clear()
+        g.rawlink(self._discard)
+        return g
+
+    def _discard(self, g):
+        self.greenlets.discard(g)
+        self._places.release()
+        if not self.greenlets:
+            self._empty.set()
+
+    def wait_free(self):
+        """Return once spawn() would not wait."""
+        self._places.wait()
+
+    def free_count(self):
+        return self.size - len(self.greenlets)
+
+    def join(self, timeout=None):
+        """Wait until every greenlet has ended and left the group, `timeout` seconds at most."""
+        self._empty.wait(timeout)
+
+    def kill(self, timeout=None):
+        gevent.killall(list(self.greenlets), block=False)
+        self.join(timeout)

@@ -1,0 +1,48 @@
+"""greenlets: the Semaphore is gevent.lock's own class, and a Group never runs more than its size
+at once, starting the next as soon as one ends."""
+
+import gevent
+import gevent.lock
+from gevent._compat import PURE_PYTHON
+from gevent.event import Event
+
+from node.greenlets import Group, Semaphore
+
+
+def test_semaphore_is_the_one_gevent_lock_exports():
+    # gevent.lock wraps it only for pure-Python builds, whose extra locking is for several threads.
+    assert PURE_PYTHON or Semaphore is gevent.lock.Semaphore
+
+
+def test_a_full_group_starts_the_next_greenlet_once_one_ends():
+    group, gates, started = Group(2), [Event() for _ in range(3)], []
+
+    def work(i):
+        started.append(i)
+        gates[i].wait()
+
+    spawner = gevent.spawn(lambda: [group.spawn(work, i) for i in range(3)])
+    gevent.sleep(0.05)
+    assert started == [0, 1] and len(group) == 2 and group.free_count() == 0
+    assert not spawner.ready()  # the third spawn waits for a place
+    gates[0].set()
+    spawner.join(timeout=1)
+    gevent.sleep(0.05)
+    assert started == [0, 1, 2] and len(group) == 2
+    gates[1].set()
+    gates[2].set()
+    group.join(timeout=1)
+    assert len(group) == 0 and group.free_count() == 2
+
+
+def test_wait_free_returns_once_a_place_frees_and_kill_ends_everyone():
+    group, gate = Group(1), Event()
+    group.spawn(gate.wait)
+    waiter = gevent.spawn(group.wait_free)
+    gevent.sleep(0.05)
+    assert not waiter.ready()
+    gate.set()
+    assert waiter.join(timeout=1) is None and waiter.ready()
+    group.spawn(gevent.sleep, 60)
+    group.kill(timeout=1)
+    assert len(group) == 0
