@@ -396,6 +396,8 @@ class Conn:
                 fn(*args)
             finally:
                 self.sent_at = None
+        if self._socket_turn.linkcount():  # the semaphore lets its releaser take it back first
+            gevent.sleep(0)
 
     def _sent(self, nbytes):
         self.budget.sent(nbytes)

@@ -169,3 +169,28 @@ def test_a_seeder_whose_uplink_is_the_limit_sends_each_piece_once_first(tmp_path
         peer.sendall(wire.encode(wire.Request(0, 1)) + wire.encode(wire.Request(2, 1)))
         assert sorted(_answers(peer, 2)) == [("Pieces", 2), ("Reject", 0)]  # replies in any order
         assert first.get() == [("Pieces", 0)]
+
+
+def test_a_frame_for_the_peer_waits_behind_one_reply_at_most(tmp_path, torrent_factory):
+    """Replies and the link's other frames take turns on the socket: a frame queued while replies
+    are due goes out after the reply being sent, not after all of them. On a slow uplink each
+    reply takes a second or more, and the HAVEs and REQUESTs behind them would be that late."""
+    t = torrent_factory(1 << 20, 256 << 10, seed=33)
+    info = config.parse_file_info(t.conf()["FileInfo"])
+    swarm = LocalSwarm(tmp_path)
+    try:
+        swarm.start(0, t.conf([]), data=t.data, argv=("--max-upload-rate", "1M"))  # a piece: 0.25 s
+        assert swarm.wait_complete()
+        peer = _raw_peer(swarm, info)
+        peer.sendall(b"".join(wire.encode(wire.Request(i, 1)) for i in range(4)))
+        gevent.sleep(0.1)  # the first reply is on its way, three wait
+        peer.sendall(wire.encode(wire.StatusRequest()))
+        buf, kinds = bytearray(), []
+        peer.settimeout(8.0)
+        while kinds.count("Pieces") < 4 and (data := peer.recv(1 << 16)):
+            buf += data
+            kinds += [type(m).__name__ for m in decode_frames(buf) if isinstance(m, (wire.Pieces, wire.Status))]
+        assert "Status" in kinds[:3], kinds  # after the reply in progress (or the next), not after all four
+        peer.close()
+    finally:
+        swarm.stop_all()
