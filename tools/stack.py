@@ -191,10 +191,13 @@ def sync_figures(snap):
 
 
 def verify(stack, expected):
-    """[(task, ok)] for every running task: sha1 of its data file, read inside its container."""
+    """[(task, ok, seen)] for every running task: sha1 of its data file, read inside its
+    container; `seen` is the digest, or why there is none (the exec's error)."""
     def one(row):
         r = docker("exec", row[1], "sha1sum", DATA_IN_TASK, check=False)
-        return row[0], (r.stdout.split() or ["?"])[0] == expected
+        words = r.stdout.split() if r.returncode == 0 else []
+        seen = words[0] if words else f"no digest: {(r.stderr or '').strip()[:200] or r.returncode}"
+        return row[0], seen == expected, seen
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(one, containers(stack)))
 
@@ -258,7 +261,7 @@ def cmd_up(args):
     checks = verify(args.stack, expected)
     cmd_status(args)
     fig = sync_figures(snap)
-    bad = [t for t, ok in checks if not ok]
+    bad = [f"{t} ({seen})" for t, ok, seen in checks if not ok]
     console.print(f"deploy to all complete {up_s:.1f}s; first task start to last complete "
                   f"{fig['last_done_s']:.1f}s (first DNS answer at {fig['first_dns_s']:.1f}s)")
     if bad or len(checks) != args.n + 1:

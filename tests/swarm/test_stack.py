@@ -54,8 +54,8 @@ def test_thirty_replicas_find_each_other_by_dns_alone(image, tmp_path):
         done = sorted(t for t, v in (watch.snapshot().items()) if "done" in v)
         assert snap is not None, f"within {SYNC_TIMEOUT_S:.0f}s only {len(done)} tasks completed: {done}"
         checks = stack.verify(STACK, expected)
-        assert len(checks) == REPLICAS + 1, f"running tasks: {[t for t, _ in checks]}"
-        assert [t for t, ok in checks if not ok] == [], "these tasks' files differ from the seed's"
+        assert len(checks) == REPLICAS + 1, f"running tasks: {[t for t, _, _ in checks]}"
+        assert [(t, seen) for t, ok, seen in checks if not ok] == [], f"not the seed's file (sha1 {expected})"
         fig = stack.sync_figures(snap)
         print(f"\nstack: seed + {REPLICAS} replicas, {SIZE >> 20} MiB: deploy to all complete "
               f"{up_s:.1f}s; first start to last complete {fig['last_done_s']:.1f}s; first DNS "
