@@ -2,7 +2,7 @@
 peer with several connections that floods the largest legal frame of that kind and never reads.
 During each attack a polite client gets its STATUS within a second, the node's memory stays
 within 64 MiB of its unattacked peak, an honest peer beside the attacker still syncs, and where a
-budget prices the frames (replies, PEERS addresses) the node spends under half a core on them: on
+budget prices the frames (replies, PEERS addresses) the node spends under 0.6 of a core on them: on
 top of what the same honest sync and STATUS polls cost it unattacked, measured the same way.
 The node, the attacker and the honest peer are separate processes on 127.0.0.x."""
 
@@ -29,7 +29,7 @@ CONNS = 4  # what one address may hold open with a node (MAX_INBOUND_PER_IP)
 STATUS_WITHIN_S = 1.0
 RSS_MARGIN_MB = 64
 KINDS = ["have", "bitfield", "request", "reject", "get_meta", "peers", "status_req"]
-BUSY_MAX = 0.5  # cores the seeder may spend on a flood that its budgets slow down...
+BUSY_MAX = 0.6  # cores the seeder may spend on a flood that its budgets slow down...
 FAIR_SHARE_ONLY = {"have", "bitfield", "reject"}  # ...which these escape: cheap frames, bounded by turns only
 
 
