@@ -42,7 +42,8 @@ def test_wait_free_returns_once_a_place_frees_and_kill_ends_everyone():
     gevent.sleep(0.05)
     assert not waiter.ready()
     gate.set()
-    assert waiter.join(timeout=1) is None and waiter.ready()
+    waiter.join(timeout=1)
+    assert waiter.ready()
     group.spawn(gevent.sleep, 60)
     group.kill(timeout=1)
     assert len(group) == 0
