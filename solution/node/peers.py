@@ -27,8 +27,10 @@ MAX_INBOUND = 24  # links we accept; leaves room for every dialler of a small sw
 INBOUND_OVERFLOW = 8  # accepted past MAX_INBOUND only to be closed at once, not left in the backlog
 MAX_INBOUND_PER_IP = 4  # an honest peer needs one link (two while a doubled dial resolves)
 CONNECT_TIMEOUT_S = 2.0  # peers share a LAN: a connect that takes longer is to a dead address
+OFFER_CONNECT_TIMEOUT_S = 0.25  # an offer is a courtesy: a connect pending longer is to a host not up
 DIAL_INTERVAL_S = 0.5  # the dialer also wakes at once when slots free up or peers appear
 OFFERS_AT_ONCE = 2  # a complete node's dials (offers) in flight, until one of them proves needed
+OFFER_SPACING_S = 0.5  # the swarm as a whole retries an offer to an address that did not answer this often
 HOUSEKEEPING_S = 1.0  # how often stalled and useless links are looked for
 BAN_S = 60.0  # a peer that sent bad pieces repeatedly is ignored this long
 STOP_GRACE_S = 0.1  # at shutdown, links get this long to end cleanly before they are killed
@@ -196,17 +198,18 @@ class Swarm:
 
     def _dial(self, entry):
         self.state.count("dials")
+        offer = self.state.complete
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             if self.config.bind != "0.0.0.0":
                 sock.bind((self.config.bind, 0))
-            sock.settimeout(CONNECT_TIMEOUT_S)
+            sock.settimeout(OFFER_CONNECT_TIMEOUT_S if offer else CONNECT_TIMEOUT_S)
             sock.connect(entry.addr)
             sock.settimeout(None)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
             sock.close()
-            entry.failed(time.monotonic())
+            entry.failed(time.monotonic(), self._offer_retry_s() if offer else None)
             log.debug("dial_failed", peer=entry.addr[0], why=str(e), fails=entry.fails, result="retry_later")
             return
         entry.dial_connected()
@@ -215,11 +218,19 @@ class Swarm:
             if sock is None:
                 entry.failed(time.monotonic())
                 return
-        conn = Conn(self.hub, sock, entry.addr[0], outbound=True, entry=entry, offer=self.state.complete,
+        conn = Conn(self.hub, sock, entry.addr[0], outbound=True, entry=entry, offer=offer,
                     zero_copy=self.gate is None)
         conn.run()
         if conn.session.peer_id is None and not entry.is_self:
             entry.failed(time.monotonic())  # no handshake: as good as a failed dial
+
+    def _offer_retry_s(self):
+        """When to offer again to an address that did not answer: every complete node that lists
+        it offers, so each waits about (peers known) x OFFER_SPACING_S, at random, and the swarm
+        as a whole tries it every OFFER_SPACING_S or so. With BACKOFF_MAX_S and CONNECT_TIMEOUT_S,
+        dials to a container not started yet waited in the kernel, and the last container of 60
+        met 10-23 of them the moment it came up, while it checked its file (docs/tuning.md)."""
+        return OFFER_SPACING_S * max(1, len(self.state.peers)) * self.state.rng.uniform(0.5, 1.5)
 
     # -- the connection table -----------------------------------------------------------------
     def admit(self, conn):

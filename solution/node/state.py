@@ -63,10 +63,13 @@ class PeerEntry:
         self.conn = None
         self.dialing = False
 
-    def failed(self, now):
+    def failed(self, now, wait=None):
+        """A dial or handshake failed: back off, or wait `wait` seconds if the caller knows better."""
         self.dialing = False
         self.fails += 1
-        self.next_try = now + min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** min(self.fails - 1, 16))
+        if wait is None:
+            wait = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** min(self.fails - 1, 16))
+        self.next_try = now + wait
 
     def heard(self):
         self.alive = True

@@ -3,13 +3,15 @@ all its outbound slots once it starves; a complete node offers pieces only once 
 from it, and then slowly, until an offer turns out to be needed."""
 
 import hashlib
+import socket
+import time
 
 import gevent
 
 from node.config import FileInfo
-from node.peers import (DIAL_INTERVAL_S, FEW_OUTBOUND, MAX_OUTBOUND, OFFERS_AT_ONCE, QUIET_TICKS, STARVED_TICKS,
-                        Swarm)
-from node.state import NodeState, PeerEntry, Source
+from node.peers import (CONNECT_TIMEOUT_S, DIAL_INTERVAL_S, FEW_OUTBOUND, MAX_OUTBOUND, OFFER_CONNECT_TIMEOUT_S,
+                        OFFER_SPACING_S, OFFERS_AT_ONCE, QUIET_TICKS, STARVED_TICKS, Swarm)
+from node.state import BACKOFF_MAX_S, NodeState, PeerEntry, Source
 
 
 class FakeLink:
@@ -120,3 +122,59 @@ def test_a_needed_offer_restores_the_full_budget():
     assert sw._dial_budget(t) == MAX_OUTBOUND
     sw.state.count("bytes_out", 16)  # serving again: no offers meanwhile
     assert sw._dial_budget(t + DIAL_INTERVAL_S) == 0
+
+
+class LoopbackConfig:
+    bind = "127.0.0.1"
+
+
+def wait_after_a_refused_dial(complete, listed):
+    """A node that lists `listed` other addresses dials one where nobody listens: seconds until
+    it may dial that address again."""
+    sw = make_swarm(complete)
+    sw.config = LoopbackConfig()
+    for i in range(listed - 1):
+        sw.state.add_peer((f"10.0.1.{i}", 6881), Source.CONF)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now: the dial is refused at once
+    entry = sw.state.add_peer(("127.0.0.1", port), Source.CONF)
+    before = time.monotonic()
+    sw._dial(entry)
+    assert entry.fails == 1
+    return entry.next_try - before
+
+
+def test_an_offer_nobody_answered_is_retried_by_the_swarm_not_by_every_complete_node():
+    """Containers started one by one: every complete node of 60 listing the last one retried its
+    address every few seconds, so it met 10-23 queued offers the moment it came up. Each now waits
+    about (addresses it knows) x OFFER_SPACING_S; a fetching node still retries within seconds."""
+    listed = 60
+    known = listed + 1  # make_swarm's linked peer
+    wait = wait_after_a_refused_dial(complete=True, listed=listed)
+    assert 0.5 * known * OFFER_SPACING_S <= wait <= 1.5 * known * OFFER_SPACING_S + 1.0
+    assert wait_after_a_refused_dial(complete=False, listed=listed) <= BACKOFF_MAX_S
+
+
+def test_an_offer_gives_up_on_an_address_that_does_not_answer_at_once():
+    """A dial to a container not started yet hangs until its timeout, and its SYN waits in the
+    kernel: every such offer reached the container the moment it came up. A listener whose accept
+    queue is full drops SYNs the same way, on loopback."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    addr = listener.getsockname()
+    queued = [socket.create_connection(addr, timeout=1)]  # never accepted: a queue of one is full
+    sw = make_swarm(complete=True)
+    sw.config = LoopbackConfig()
+    entry = sw.state.add_peer(addr, Source.CONF)
+    try:
+        before = time.monotonic()
+        sw._dial(entry)
+        took = time.monotonic() - before
+    finally:
+        for s in queued + [listener]:
+            s.close()
+    assert entry.fails == 1
+    assert OFFER_CONNECT_TIMEOUT_S <= took < CONNECT_TIMEOUT_S / 2
