@@ -229,7 +229,7 @@ class Swarm:
         it offers, so each waits about (peers known) x OFFER_SPACING_S, at random, and the swarm
         as a whole tries it every OFFER_SPACING_S or so. With BACKOFF_MAX_S and CONNECT_TIMEOUT_S,
         dials to a container not started yet waited in the kernel, and the last container of 60
-        met 10-23 of them the moment it came up, while it checked its file (docs/tuning.md)."""
+        met 5-18 of them the moment it came up, while it checked its file (docs/tuning.md)."""
         return OFFER_SPACING_S * max(1, len(self.state.peers)) * self.state.rng.uniform(0.5, 1.5)
 
     # -- the connection table -----------------------------------------------------------------

@@ -148,7 +148,7 @@ def wait_after_a_refused_dial(complete, listed):
 
 def test_an_offer_nobody_answered_is_retried_by_the_swarm_not_by_every_complete_node():
     """Containers started one by one: every complete node of 60 listing the last one retried its
-    address every few seconds, so it met 10-23 queued offers the moment it came up. Each now waits
+    address every few seconds, so it met 5-18 queued offers the moment it came up. Each now waits
     about (addresses it knows) x OFFER_SPACING_S; a fetching node still retries within seconds."""
     listed = 60
     known = listed + 1  # make_swarm's linked peer
