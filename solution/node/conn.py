@@ -38,7 +38,8 @@ MAX_BAD_PIECES = 3  # pieces failing their hash before we stop talking to a peer
 SEND_STALL_S = 10.0  # a peer whose socket takes none of what we send for this long is gone
 CLEANUP_WAIT_S = 1.0  # the writer, server and verifier get this long to end with the link
 FAIR_FRAMES = 256  # a reader whose peer always has frames ready yields after this many in a row
-RCVLOWAT_MAX = 32 << 10  # piece data wakes the reader per this many bytes (more: the window may clamp)...
+RCVLOWAT_MAX = 128 << 10  # piece data wakes the reader per this many bytes at most...
+RCVLOWAT_WAIT_S = 1.0  # ...or per this long of the link's measured rate, if less (stall checks see data)
 RCVLOWAT_BELOW_RATE = 8 << 20  # ...on a link measured slower than this (bytes/s); a LAN wakes as before
 RCVLOWAT_READS_BELOW = 4 << 10  # ...whose reads of piece data average under this: a packet or two a wake-up
 REJECTED_WAIT_S = 1.0  # after a REJECT we ask that peer for nothing this long: it is busy
@@ -48,6 +49,12 @@ UNSENT_BYTES = 128 << 10  # upload slot, and its socket holds this much unsent a
 # as long as the wire takes); until measured, a link is as the node's last measured one (hub.py)
 TCP_INFO_LEN, TCP_INFO_BYTES_ACKED = 168, 120  # Linux's struct tcp_info: tcpi_bytes_acked (4.1+)
 _KICK = object()  # in the writer's queue: announce, share peers, top up requests
+
+
+def lowat_within(n, rcvbuf):
+    """A low-water mark the receive buffer holds twice over: a larger one makes Linux clamp the
+    advertised window to it (tcp_set_rcvlowat), and each wake-up would then cost a round trip."""
+    return max(1, min(n, rcvbuf // 2))
 
 
 class Conn:
@@ -178,7 +185,7 @@ class Conn:
             slow = (s.into_chunk and s.rate is not None and s.rate < RCVLOWAT_BELOW_RATE
                     and self._read_avg < RCVLOWAT_READS_BELOW)
             if self._lowat is not None and (slow or self._lowat != 1):
-                self._set_lowat(min(len(view), RCVLOWAT_MAX) if slow else 1)
+                self._set_lowat(min(len(view), int(s.rate * RCVLOWAT_WAIT_S)) if slow else 1)
             n = self.sock.recv_into(view)
             if not n:
                 raise EOFError("peer closed the connection")
@@ -208,12 +215,15 @@ class Conn:
     def _set_lowat(self, n):
         """On a slow link, wake the reader only once n bytes of piece data are in (never more than
         the peer is sending): packets arrive one by one, and a wake-up each cost 10x the CPU."""
-        if n != self._lowat:
-            try:
+        try:
+            if n > 1:
+                rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                n = lowat_within(min(n, RCVLOWAT_MAX), rcvbuf)
+            if n != self._lowat:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
                 self._lowat = n
-            except (OSError, AttributeError):
-                self._lowat = None  # not supported here: one wake-up per packet, as before
+        except (OSError, AttributeError):
+            self._lowat = None  # not supported here: one wake-up per packet, as before
 
     def _charge_work(self):
         """Wait, reading nothing more from this peer, while the work its frames cost us (bytes of
