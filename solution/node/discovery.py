@@ -24,6 +24,7 @@ import gevent
 from gevent import socket
 
 from . import beacon, log
+from .greenlets import until_tick
 from .state import Source
 
 ANNOUNCE_INTERVAL_S = 1.0  # restarts are frequent: a returning peer is heard within a second
@@ -131,7 +132,9 @@ class Discovery:
         while targets:
             for t in targets:
                 self._send(beacon.ANNOUNCE, t)
-            gevent.sleep(announce_interval(len(self._seen)))
+            # on the second's tick: a node hears the subnet's ANNOUNCEs of a second in one wake-up
+            pause = announce_interval(len(self._seen)) - ANNOUNCE_INTERVAL_S
+            gevent.sleep(until_tick(ANNOUNCE_INTERVAL_S, pause))
 
     def _sweep_needed(self):
         return not self.broadcast_works and not self.node.state.conns

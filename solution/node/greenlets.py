@@ -1,4 +1,5 @@
-"""gevent's Semaphore, and a bounded group of greenlets, loaded without gevent.lock or gevent.pool.
+"""gevent's Semaphore, a bounded group of greenlets (loaded without gevent.lock or gevent.pool),
+and the ticks the node's periodic loops sleep to.
 
 Rule: the node takes these from here, never from gevent.lock, gevent.pool or gevent.server.
 gevent.lock imports gevent.monkey for one helper, and gevent.monkey imports inspect: about a tenth
@@ -10,6 +11,20 @@ gevent is compiled (tests/unit/test_greenlets.py holds the two equal).
 import gevent
 from gevent._semaphore import Semaphore
 from gevent.event import Event
+
+TICK_EARLY = 0.1  # of a tick: nearer than this to the next one, a loop waits for the one after
+
+
+def until_tick(interval, after=0.0):
+    """Seconds to the first multiple of `interval` on the event loop's clock at least `after`
+    seconds from now. Loops that sleep by this wake in the same turn of the loop: one wake-up of
+    the process instead of one each, and a wake-up costs an idle node more than what the loops
+    then do (docs/tuning.md). A loop woken a hair early, at a tick the clock has not reached,
+    waits for the next tick, not the hair."""
+    loop = gevent.get_hub().loop
+    loop.update_now()  # the time the sleep's timer will count from
+    wait = after + interval - (loop.now() + after) % interval
+    return wait if wait > after + TICK_EARLY * interval else wait + interval
 
 
 class Group:

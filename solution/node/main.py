@@ -16,6 +16,7 @@ from gevent.event import Event
 
 from . import __version__, log
 from .config import ConfigError, parse_torrent_conf
+from .greenlets import until_tick
 from .hub import Hub
 from .peers import Swarm
 from .state import Change, NodeState, Source
@@ -132,7 +133,7 @@ class Node:
         last_in = last_out = 0
         last_t = time.monotonic()
         while True:
-            gevent.sleep(PROGRESS_INTERVAL_S)
+            gevent.sleep(until_tick(PROGRESS_INTERVAL_S))
             now = time.monotonic()
             got, sent = s.counters["bytes_in"], s.counters["bytes_out"]
             s.set_rates((got - last_in) / (now - last_t), (sent - last_out) / (now - last_t))

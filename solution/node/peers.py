@@ -15,7 +15,7 @@ from gevent.event import Event
 
 from . import log
 from .conn import Conn
-from .greenlets import Group
+from .greenlets import Group, until_tick
 from .session import Reason
 from .state import PeerEntry, Source
 
@@ -146,7 +146,7 @@ class Swarm:
     # -- outbound -----------------------------------------------------------------------------
     def _dial_loop(self):
         while True:
-            self._wake.wait(DIAL_INTERVAL_S)
+            self._wake.wait(until_tick(DIAL_INTERVAL_S))
             self._wake.clear()
             now = time.monotonic()
             for entry in self.state.dial_candidates(now, self._dial_budget(now)):
@@ -306,7 +306,7 @@ class Swarm:
     # -- housekeeping -------------------------------------------------------------------------
     def _housekeeping(self):
         while True:
-            gevent.sleep(HOUSEKEEPING_S)
+            gevent.sleep(until_tick(HOUSEKEEPING_S))
             now = time.monotonic()
             for c in list(self.state.conns.values()) + list(self.clients):
                 c.check(now)

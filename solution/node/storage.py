@@ -21,7 +21,7 @@ from gevent.event import AsyncResult
 from gevent.socket import wait_write
 
 from . import log
-from .greenlets import Semaphore
+from .greenlets import Semaphore, until_tick
 from .picker import runs, span_bits
 
 SCAN_BATCH_BYTES = 1 << 20  # verify the existing file in 1 MiB steps, publishing pieces as they pass
@@ -355,7 +355,7 @@ class Storage:
 
     def _sync_loop(self):
         while True:
-            gevent.sleep(FSYNC_INTERVAL_S)
+            gevent.sleep(until_tick(FSYNC_INTERVAL_S))
             if self._dirty >= FSYNC_MIN_BYTES:
                 self.sync()
 

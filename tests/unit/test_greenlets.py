@@ -1,12 +1,12 @@
-"""greenlets: the Semaphore is gevent.lock's own class, and a Group never runs more than its size
-at once, starting the next as soon as one ends."""
+"""greenlets: the Semaphore is gevent.lock's own class, a Group never runs more than its size
+at once, starting the next as soon as one ends, and loops that sleep to ticks wake together."""
 
 import gevent
 import gevent.lock
 from gevent._compat import PURE_PYTHON
 from gevent.event import Event
 
-from node.greenlets import Group, Semaphore
+from node.greenlets import Group, Semaphore, until_tick
 
 
 def test_semaphore_is_the_one_gevent_lock_exports():
@@ -47,3 +47,26 @@ def test_wait_free_returns_once_a_place_frees_and_kill_ends_everyone():
     group.spawn(gevent.sleep, 60)
     group.kill(timeout=1)
     assert len(group) == 0
+
+
+def test_loops_sleeping_to_ticks_wake_the_process_once_a_tick():
+    """An idle node's periodic loops cost one wake-up of the process per tick, not one each."""
+    loop, turns, wakes = gevent.get_hub().loop, [0], []
+    counter = loop.prepare()  # runs once per turn of the loop: once per wake-up
+    counter.start(lambda: turns.__setitem__(0, turns[0] + 1))
+
+    def periodic(interval):
+        while True:
+            gevent.sleep(until_tick(interval))
+            wakes.append(interval)
+
+    loops = []
+    for interval in (0.05, 0.1, 0.05, 0.1):  # started out of step, as a node's loops are
+        loops.append(gevent.spawn(periodic, interval))
+        gevent.sleep(0.013)
+    turns[0], wakes[:] = 0, []
+    gevent.sleep(0.6)
+    gevent.killall(loops)
+    counter.stop()
+    assert 32 <= len(wakes) <= 40  # 12 ticks of 0.05 s for two loops, 6 of 0.1 s for two: 36
+    assert turns[0] <= 12 + 3  # ... in 12 wake-ups (and this test's own)
