@@ -219,6 +219,8 @@ class Conn:
             if n > 1:
                 rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
                 n = lowat_within(min(n, RCVLOWAT_MAX), rcvbuf)
+            else:
+                n = 1  # also for a link measured at under a byte a second
             if n != self._lowat:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
                 self._lowat = n
