@@ -7,7 +7,9 @@ DT seconds; on top of them runs the node's request and upload policy: the picker
 served at a time per link, UPLOAD_SLOTS per node with UPLOAD_QUEUE waiting for UPLOAD_WAIT_S,
 REJECT and a back-off of REJECTED_WAIT_S, the seeder's spread-first rule, one HAVE per piece to
 every neighbour at once. Designs the node does not have are options, off by default (`steal`,
-`match`, `want_max`, and `oracle`: no requests, one scheduler that sees everything).
+`match`, `want_max`, `have_window`: HAVEs told in batches, and `oracle`: no requests, one
+scheduler that sees everything). Each run prints HAVE frames per piece delivered (a CPU proxy:
+each wakes its receiver).
 Left out: TCP's own dynamics, handshakes, link churn and CPU. Frames take no time unless
 `delay` is set: then every HAVE and REQUEST arrives that many seconds late (a REJECT and the
 first byte of piece data still at once): the time frames spend queued in the lab (behind
@@ -57,6 +59,7 @@ class Model:
     queue_s: float = 2.0  # ...then as many as it moves in this long, one at least (REQUEST_QUEUE_S)
     limit: float = 600.0  # seconds simulated at most
     delay: float = 0.0  # seconds a HAVE or a REQUEST takes to reach the other end (0: at once)
+    have_window: float = 0.0  # a node tells its new pieces once per this long, together (0: each at once)
     # designs, not the node's (1: on); see Sim.steal and Sim.serve
     steal: int = 0  # an idle holder takes over half of what is left of a piece coming from another
     steal_min: float = 0.25  # ...if at least this much of a piece is left
@@ -73,6 +76,7 @@ class Peer:
     def __init__(self, i, cap, have):
         self.i, self.cap, self.have = i, cap, have
         self.shown = have  # what its neighbours know it holds (its HAVEs arrive `delay` late)
+        self.untold = 0  # pieces it holds and has not told yet (have_window)
         self.requested = self.twice = self.sent = 0
         self.links = {}  # neighbour index -> Link
         self.slots = self.queued = 0
@@ -117,6 +121,10 @@ class Sim:
         self.trace = {}  # 10 s bucket -> [bytes up by downloaders, bytes down, steps]
         self._flows_key = self._rates = None
         self.later = collections.deque()  # frames in flight, in arrival order: (time, fn, args)
+        self.have_frames = 0  # HAVE frames sent, one per neighbour that lacks a piece told
+        phases = random.Random(-seed)  # its own: the topology and picks stay those of `seed`
+        self.window = round(m.have_window / DT)
+        self.phase = [phases.randrange(self.window) for _ in self.peers] if self.window else []
 
     # -- requesting ---------------------------------------------------------------------------
     def fill(self, p):
@@ -356,11 +364,19 @@ class Sim:
             if p.have == self.full:
                 p.done_at = self.t
             self.dirty.add(p.i)
-            self.send(self.show, p, q)
+            if self.window:
+                p.untold |= 1 << q
+            else:
+                self.tell(p, 1 << q)
 
-    def show(self, p, q):
-        """p's HAVE of piece q reaches its neighbours."""
-        p.shown |= 1 << q
+    def tell(self, p, pieces):
+        """HAVEs of `pieces` to each neighbour that lacks one of them (as the node suppresses them)."""
+        self.have_frames += sum(1 for j in p.links if pieces & ~self.peers[j].have)
+        self.send(self.show, p, pieces)
+
+    def show(self, p, pieces):
+        """p's HAVEs reach its neighbours."""
+        p.shown |= pieces
         self.dirty.update(p.links)
 
     def run(self):
@@ -370,6 +386,11 @@ class Sim:
             if tick % steps_per_s == 0:  # housekeeping: back-offs run out, queued requests time out
                 self.dirty.update(range(len(self.peers)))
             tick += 1
+            if self.window:  # each node tells what it got in its last window, on its own phase
+                for p in self.peers:
+                    if p.untold and tick % self.window == self.phase[p.i]:
+                        self.tell(p, p.untold)
+                        p.untold = 0
             self.run_due()
             if self.m.oracle:
                 if self.dirty:
@@ -418,8 +439,10 @@ def main(argv=None):
         sim = Sim(m, seed)
         res.append(summary(sim.run(), sim.t_min()))
         out = "never" if sim.all_out is None else f"{sim.all_out / sim.t_min():.2f}x"
+        haves = sim.have_frames / (m.n * m.pieces)
         print(f"seed {seed}: p50 {res[-1][0]:.2f}x  p100 {res[-1][1]:.2f}x T_min ({sim.t_min():.1f} s), "
-              f"the seeder's every piece begun by {out}" + (f", {sim.steals} pieces split" if m.steal else ""))
+              f"the seeder's every piece begun by {out}, {haves:.1f} HAVE frames per piece delivered"
+              + (f", {sim.steals} pieces split" if m.steal else ""))
         if a.trace:
             cap = m.mbit * 1e6 / 8 * m.n
             for b, (up, down, steps) in sorted(sim.trace.items()):
