@@ -98,6 +98,7 @@ class Conn:
         self._writer = self._server = self._verifier = None
         # SO_RCVLOWAT on plain TCP only: through TLS, raw bytes and plaintext differ in count
         self._lowat = 1 if zero_copy else None
+        self._lowat_asked = 1  # the mark last asked of _set_lowat, before the buffer's cap
         self._read_avg = float(RCVLOWAT_MAX)  # bytes per recv of piece data while SO_RCVLOWAT is 1
 
     @property
@@ -215,10 +216,13 @@ class Conn:
     def _set_lowat(self, n):
         """On a slow link, wake the reader only once n bytes of piece data are in (never more than
         the peer is sending): packets arrive one by one, and a wake-up each cost 10x the CPU."""
+        n = min(n, RCVLOWAT_MAX)
+        if n == self._lowat_asked:
+            return  # as on the last read: no syscall per read
+        self._lowat_asked = n
         try:
-            if n > 1:
-                rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-                n = lowat_within(min(n, RCVLOWAT_MAX), rcvbuf)
+            if n > 1:  # the buffer only grows (autotuning): read again when the mark asked changes
+                n = lowat_within(n, self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
             else:
                 n = 1  # also for a link measured at under a byte a second
             if n != self._lowat:
