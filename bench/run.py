@@ -140,6 +140,18 @@ class Proc:
         except (OSError, IndexError, ValueError):
             return None
 
+    def sleeps(self):
+        """Times its threads have blocked and been woken so far (voluntary context switches, all
+        threads alive now); None once it is gone. On a capped link, CPU follows these."""
+        try:
+            total = 0
+            for tid in os.listdir(f"/proc/{self.pid}/task"):
+                with open(f"/proc/{self.pid}/task/{tid}/status") as f:
+                    total += next(int(ln.split()[1]) for ln in f if ln.startswith("voluntary_ctxt_switches"))
+            return total
+        except (OSError, StopIteration, ValueError):
+            return None
+
     def stop(self):
         """SIGTERM, wait, SIGKILL if needed; returns the exit code (-9 if it had to be killed)."""
         if self.p.poll() is None:

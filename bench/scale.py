@@ -218,6 +218,7 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
         t_listening = time.monotonic() - t_spawn
         ports1 = lab_.port_counters()
         cpu0 = [pr.usage() for pr in procs]
+        sleeps0 = [pr.sleeps() for pr in procs]
         m0, m0s = cpu_times(), _softirq()
         t0, t0_wall = time.monotonic(), time.time()
         lab_.release()
@@ -230,6 +231,7 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
         t_end = time.monotonic()
         rss = [pr.peak_rss_mb() for pr in procs]
         use1 = [pr.usage() for pr in procs]
+        sleeps = sum(b - a for a, b in zip(sleeps0, [pr.sleeps() for pr in procs]) if a is not None and b is not None)
         cpu = [sum(b[:2]) - sum(a[:2]) if a and b else 0.0 for a, b in zip(cpu0, use1)]
         cpu_sys = sum(b[1] - a[1] for a, b in zip(cpu0, use1) if a and b)
         soft = _softirq_share(m0s, _softirq())
@@ -257,6 +259,7 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
     r = {"scenario": ws.name, "impl": impl, "n": ws.n, "t_min": ws.t_min(), "times": times,
          "sync_s": t_end - t0, "busy": (m1[0] - m0[0]) / max(1, m1[1] - m0[1]),
          "cpu_s": sum(cpu), "cpu_sys_s": cpu_sys, "softirq": soft, "cpu_seeder_s": cpu[0], "cpu_ms_per_mib": 1000 * sum(cpu) / moved_mib,
+         "wakeups_per_mib": sleeps / moved_mib,
          "rss_med_mb": sorted(x for x in rss if x)[len(rss) // 2],
          "rss_max_mb": max(x for x in rss if x), "links_opened": sum(o for o, _ in lk) // 2,
          "links_max_per_node": max(m for _, m in lk), "links_med_per_node": sorted(m for _, m in lk)[len(lk) // 2],
@@ -271,7 +274,7 @@ def swarm_run(lab_, seed, ws, impl, py, workdir, logdir, tag):
     print(f"  {tag:<18} T_min {tm:6.1f} s  p50 {_q(times, .5) / tm:.2f}x  p99 {_q(times, .99) / tm:.2f}x  "
           f"p100 {times[-1] / tm:.2f}x  busy {100 * r['busy']:.0f}%{'' if r['valid'] else ' NOT VALID'}  "
           f"CPU {r['cpu_s']:.0f} s (sys {cpu_sys:.0f} s, softirq {100 * soft:.0f}% of machine; "
-          f"{r['cpu_ms_per_mib']:.1f} ms/MiB, seeder {cpu[0]:.1f} s)  "
+          f"{r['cpu_ms_per_mib']:.1f} ms/MiB, seeder {cpu[0]:.1f} s; {r['wakeups_per_mib']:.0f} wake-ups/MiB)  "
           f"links {r['links_opened']} (max {r['links_max_per_node']}/node)  RSS med {r['rss_med_mb']:.0f} "
           f"max {r['rss_max_mb']:.0f} MB  dup {r['dup_pieces']}  start {t_listening:.0f} s  "
           f"uplinks used {scale_report.share(scale_report.used(r))} "

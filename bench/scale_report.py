@@ -19,7 +19,8 @@ def _q(xs, q):
 def _sys(r):
     if not r.get("cpu_sys_s"):
         return ""
-    return f" (sys {100 * r['cpu_sys_s'] / r['cpu_s']:.0f}%, softirq {100 * r['softirq']:.0f}% of machine)"
+    wakes = f", {r['wakeups_per_mib']:.0f} wake-ups/MiB" if r.get("wakeups_per_mib") is not None else ""
+    return f" (sys {100 * r['cpu_sys_s'] / r['cpu_s']:.0f}%, softirq {100 * r['softirq']:.0f}% of machine{wakes})"
 
 
 def used(r, secs=None):
@@ -75,7 +76,8 @@ def markdown(runs):
          "cores, /proc/stat) over the timed span; above 50% the run is NOT VALID (it measured the CPU, "
          "not the links). CPU ms/MiB: CPU of all nodes in the timed span ÷ MiB delivered (N·F); in brackets the "
          "kernel's share of it, and the machine's time in softirq (packets through veth, bridge and tbf, "
-         "charged to whichever process runs). Links: "
+         "charged to whichever process runs), and wake-ups per MiB: the times the nodes' threads blocked "
+         "and were woken (voluntary context switches), counted exactly where CPU is sampled by ticks. Links: "
          "connections opened in the run (each counted once), and the most one node held at once. "
          "RSS: peak (VmHWM) per node, median and max. dup: pieces received twice (endgame), all nodes. "
          "**Uplinks used**: bytes all hosts sent into the bridge (headers included) ÷ the sum of their "
