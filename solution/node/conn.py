@@ -15,8 +15,10 @@ close() works from any greenlet: it records the Reason, shuts the socket down (r
 return at once) and sets `ending` (a wait for a chunk buffer returns); the reader cleans up.
 """
 
+import fcntl
 import socket
 import struct
+import termios
 import time
 
 import gevent
@@ -39,7 +41,7 @@ SEND_STALL_S = 10.0  # a peer whose socket takes none of what we send for this l
 CLEANUP_WAIT_S = 1.0  # the writer, server and verifier get this long to end with the link
 FAIR_FRAMES = 256  # a reader whose peer always has frames ready yields after this many in a row
 RCVLOWAT_MAX = 128 << 10  # piece data wakes the reader per this many bytes at most...
-RCVLOWAT_WAIT_S = 1.0  # ...or per this long of the link's measured rate, if less (stall checks see data)
+RCVLOWAT_WAIT_S = 3.0  # ...or per this long of the link's measured rate, if less (stall checks look past it)
 RCVLOWAT_BELOW_RATE = 8 << 20  # ...on a link measured slower than this (bytes/s); a LAN wakes as before
 RCVLOWAT_READS_BELOW = 4 << 10  # ...whose reads of piece data average under this: a packet or two a wake-up
 REJECTED_WAIT_S = 1.0  # after a REJECT we ask that peer for nothing this long: it is busy
@@ -99,6 +101,7 @@ class Conn:
         # SO_RCVLOWAT on plain TCP only: through TLS, raw bytes and plaintext differ in count
         self._lowat = 1 if zero_copy else None
         self._lowat_asked = 1  # the mark last asked of _set_lowat, before the buffer's cap
+        self._held = 0  # bytes the kernel held for us under the mark at the last stall check
         self._read_avg = float(RCVLOWAT_MAX)  # bytes per recv of piece data while SO_RCVLOWAT is 1
 
     @property
@@ -475,7 +478,7 @@ class Conn:
         """Close the link if the peer stalls (on our requests, or by not reading what we send),
         falls silent, or has nothing left to exchange with us."""
         s = self.session
-        if s.overdue(now):
+        if s.overdue(now) and not self._held_grew():
             log.warning("peer_stalled", peer=self.name, outstanding=len(s.mine), result="closing")
             self.close(Reason.REQUEST_TIMEOUT)
         elif self._send_stalled(now):
@@ -490,6 +493,18 @@ class Conn:
                 self.kick()
         elif now - self.last_useful > USELESS_CLOSE_S:
             self.close(Reason.NOTHING_TO_EXCHANGE)
+
+    def _held_grew(self):
+        """Piece data the reader has not seen, held by the kernel under our low-water mark, grew
+        since the last look: the peer is sending, however long ago the reader last woke."""
+        held = 0
+        if self._lowat is not None and self._lowat > 1:
+            try:
+                held = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+            except (OSError, ValueError):
+                pass
+        grew, self._held = held > self._held, held
+        return grew
 
     def _send_stalled(self, now):
         """In a send, and neither the writer handed the socket more nor the peer acknowledged any
