@@ -8,8 +8,8 @@ served at a time per link, UPLOAD_SLOTS per node with UPLOAD_QUEUE waiting for U
 REJECT and a back-off of REJECTED_WAIT_S, the seeder's spread-first rule, one HAVE per piece to
 every neighbour at once. Designs the node does not have are options, off by default (`steal`,
 `match`, `want_max`, `have_window`: HAVEs told in batches, and `oracle`: no requests, one
-scheduler that sees everything). Each run prints HAVE frames per piece delivered (a CPU proxy:
-each wakes its receiver).
+scheduler that sees everything). Each run prints HAVE frames and REJECTs per piece delivered
+(a CPU proxy: each frame wakes its receiver, and a REJECT answers a REQUEST that woke the holder).
 Left out: TCP's own dynamics, handshakes, link churn and CPU. Frames take no time unless
 `delay` is set: then every HAVE and REQUEST arrives that many seconds late (a REJECT and the
 first byte of piece data still at once): the time frames spend queued in the lab (behind
@@ -122,6 +122,7 @@ class Sim:
         self._flows_key = self._rates = None
         self.later = collections.deque()  # frames in flight, in arrival order: (time, fn, args)
         self.have_frames = 0  # HAVE frames sent, one per neighbour that lacks a piece told
+        self.rejects = 0  # REJECTs sent (each one a REQUEST and a REJECT that woke their receivers)
         phases = random.Random(-seed)  # its own: the topology and picks stay those of `seed`
         self.window = round(m.have_window / DT)
         self.phase = [phases.randrange(self.window) for _ in self.peers] if self.window else []
@@ -209,6 +210,7 @@ class Sim:
             self.dirty.add(j)
 
     def reject(self, holder, i, run):
+        self.rejects += 1
         p = self.peers[i]
         link = p.links[holder.i]
         for q in run:
@@ -439,9 +441,10 @@ def main(argv=None):
         sim = Sim(m, seed)
         res.append(summary(sim.run(), sim.t_min()))
         out = "never" if sim.all_out is None else f"{sim.all_out / sim.t_min():.2f}x"
-        haves = sim.have_frames / (m.n * m.pieces)
+        haves, rejects = sim.have_frames / (m.n * m.pieces), sim.rejects / (m.n * m.pieces)
         print(f"seed {seed}: p50 {res[-1][0]:.2f}x  p100 {res[-1][1]:.2f}x T_min ({sim.t_min():.1f} s), "
-              f"the seeder's every piece begun by {out}, {haves:.1f} HAVE frames per piece delivered"
+              f"the seeder's every piece begun by {out}, {haves:.1f} HAVE frames and {rejects:.1f} "
+              f"REJECTs per piece delivered"
               + (f", {sim.steals} pieces split" if m.steal else ""))
         if a.trace:
             cap = m.mbit * 1e6 / 8 * m.n
