@@ -18,7 +18,6 @@ return at once) and sets `ending` (a wait for a chunk buffer returns); the reade
 import fcntl
 import socket
 import struct
-import termios
 import time
 
 import gevent
@@ -499,6 +498,7 @@ class Conn:
         since the last look: the peer is sending, however long ago the reader last woke."""
         held = 0
         if self._lowat is not None and self._lowat > 1:
+            import termios  # here, not at start-up: a shared library to load, for a rare check
             try:
                 held = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
             except (OSError, ValueError):
