@@ -114,5 +114,5 @@ def test_frame_delay_slows_a_swarm_and_every_byte_still_arrives():
 def test_a_have_window_tells_pieces_together_in_fewer_frames():
     each, batched = (flowsim.Sim(flowsim.Model(n=8, pieces=32, have_window=w), seed=3) for w in (0.0, 2.0))
     each.run(), batched.run()
-    assert all(p.have == batched.full for p in batched.peers) and max(p.done_at for p in batched.peers) < 600
+    assert all(p.have == batched.full for p in batched.peers) and max(p.done_at for p in batched.peers) < batched.m.limit
     assert 0 < batched.have_frames < 0.8 * each.have_frames
