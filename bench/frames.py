@@ -53,7 +53,7 @@ def node_cpu(pid):
             with open(task + "/schedstat") as f:
                 ns += int(f.read().split()[0])
             with open(task + "/status") as f:
-                switches += sum(int(l.split()[1]) for l in f if l.startswith("voluntary_ctxt_switches"))
+                switches += sum(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
         except OSError:
             pass  # a thread that ended meanwhile
     return ns, switches
@@ -71,7 +71,7 @@ class Peers:
             hello = b"P2PS\x01" + os.urandom(8) + struct.pack(">H", 7000) + meta_id  # a node id each
             s = socket.create_connection((NODE_IP, port), timeout=5, source_address=(PEER_IP.format(20 + i), 0))
             s.sendall(frame(HELLO, hello) + frame(BITFIELD, bytes((N_PIECES + 7) // 8)))
-            s.setblocking(False)
+            s.settimeout(5.0)  # select() says when to read; a send that cannot go out in 5 s is a failure
             self.socks.append(s)
             self.bufs[s] = bytearray()
             self.due[s] = time.monotonic() + self.rng.random() * period
@@ -110,13 +110,14 @@ class Peers:
         self.sel.close()
 
 
-def command(python, impl, port):
-    """(argv, cwd, env) that starts `impl`: a node tree, or "floor-gevent" / "floor-selectors"."""
+def start(python, impl, port, work, conf):
+    """Start `impl` listening on NODE_IP:port: a node tree, or "floor-gevent" / "floor-selectors"."""
     listen = ["--bind", NODE_IP, "--port", str(port)]
     if impl.startswith("floor-"):
-        return [python, os.path.join(HERE, "frames_floor.py"), impl[len("floor-"):], *listen], HERE, os.environ
-    return [python, "-m", "node", *listen, "--discovery", "off", "--log-level", "warning"], impl, \
-        dict(os.environ, PYTHONPATH=impl)
+        return subprocess.Popen([python, os.path.join(HERE, "frames_floor.py"), impl[len("floor-"):], *listen])
+    return subprocess.Popen([python, "-m", "node", *listen, "--data", os.path.join(work, "data.bin"), "--conf", conf,
+                             "--discovery", "off", "--log-level", "warning"],
+                            cwd=impl, env=dict(os.environ, PYTHONPATH=impl))
 
 
 def one_run(python, impl, args, seed, perf):
@@ -132,11 +133,8 @@ def one_run(python, impl, args, seed, perf):
             json.dump({"Peers": [], "FileInfo": {"Size": size, "PartSize": PIECE,
                                                  "Parts": [p.hex() for p in parts]}}, f)
         port = random.Random(os.getpid() ^ time.monotonic_ns()).randrange(20000, 40000)
-        argv, cwd, env = command(python, impl, port)
-        if not impl.startswith("floor-"):
-            argv += ["--data", os.path.join(work, "data.bin"), "--conf", conf]
-        node = subprocess.Popen(argv, cwd=cwd, env=env)
-        for _ in range(100):  # until it listens
+        node = start(python, impl, port, work, conf)
+        for _ in range(100):  # until it listens (this probe says no HELLO: the node drops it)
             try:
                 socket.create_connection((NODE_IP, port), timeout=1).close()
                 break
