@@ -32,17 +32,13 @@ import sys
 import tempfile
 import time
 
+from frames_floor import BITFIELD, HAVE, HELLO, REJECT, REQUEST, frame, take_frames
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 NODE_IP, PEER_IP = "127.0.0.2", "127.0.0.{}"
 N_PIECES, PIECE = 128, 256 << 10  # W1's file; its bytes are never sent, only announced
 WARMUP_S = 4.0  # links up, the first requests and rejects gone by, before the clock starts
-HEADER = struct.Struct(">IB")
-HELLO, BITFIELD, HAVE, REQUEST, REJECT = 0, 1, 2, 3, 5
-
-
-def frame(kind, payload=b""):
-    return HEADER.pack(len(payload) + 1, kind) + payload
 
 
 def node_cpu(pid):
@@ -94,12 +90,7 @@ class Peers:
             raise RuntimeError("the node closed a link")
         buf = self.bufs[s]
         buf += data
-        while len(buf) >= HEADER.size:
-            length, kind = HEADER.unpack_from(buf)
-            if len(buf) < 4 + length:
-                break
-            payload = bytes(buf[HEADER.size:4 + length])
-            del buf[:4 + length]
+        for kind, payload in take_frames(buf):
             if kind == REQUEST:
                 s.sendall(frame(REJECT, payload))
                 self.rejects += 1

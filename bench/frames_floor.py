@@ -13,8 +13,26 @@ import sys
 import time
 
 HEADER = struct.Struct(">IB")
-HELLO = HEADER.pack(36, 0) + b"P2PS\x01" + b"\x01" * 8 + struct.pack(">H", 0) + bytes(20)
+HELLO, BITFIELD, HAVE, REQUEST, REJECT = 0, 1, 2, 3, 5  # the frame kinds of docs/PROTOCOL.md used here
 PIPELINE, BACK_OFF_S = 3, 1.0
+
+
+def frame(kind, payload=b""):
+    return HEADER.pack(len(payload) + 1, kind) + payload
+
+
+def take_frames(buf):
+    """(kind, payload) of each whole frame at the start of `buf` (a bytearray), removed from it."""
+    while len(buf) >= HEADER.size:
+        length, kind = HEADER.unpack_from(buf)
+        if len(buf) < 4 + length:
+            return
+        payload = bytes(buf[HEADER.size:4 + length])
+        del buf[:4 + length]
+        yield kind, payload
+
+
+GREETING = frame(HELLO, b"P2PS\x01" + b"\x01" * 8 + struct.pack(">H", 0) + bytes(20))
 
 
 class Link:
@@ -23,23 +41,17 @@ class Link:
 
     def received(self, data):
         """Frames in -> the REQUEST frames to send (bytes, maybe empty)."""
-        buf = self.buf
-        buf += data
-        while len(buf) >= HEADER.size:
-            length, kind = HEADER.unpack_from(buf)
-            if len(buf) < 4 + length:
-                break
-            payload = bytes(buf[HEADER.size:4 + length])
-            del buf[:4 + length]
-            if kind == 2:  # HAVE
+        self.buf += data
+        for kind, payload in take_frames(self.buf):
+            if kind == HAVE:
                 self.announced.append(payload)
-            elif kind == 5:  # REJECT
+            elif kind == REJECT:
                 self.out -= 1
                 self.ask_after = time.monotonic() + BACK_OFF_S
         reqs = []
         if time.monotonic() >= self.ask_after:
             while self.announced and self.out < PIPELINE:
-                reqs.append(HEADER.pack(9, 3) + self.announced.pop())
+                reqs.append(frame(REQUEST, self.announced.pop()))
                 self.out += 1
         return b"".join(reqs)
 
@@ -50,7 +62,7 @@ def run_gevent(bind, port):
 
     def serve(sock):
         link = Link()
-        sock.sendall(HELLO)
+        sock.sendall(GREETING)
         while data := sock.recv(65536):
             if out := link.received(data):
                 sock.sendall(out)
@@ -77,7 +89,7 @@ def run_selectors(bind, port):
             sock = key.fileobj
             if sock is srv:
                 conn = srv.accept()[0]
-                conn.sendall(HELLO)
+                conn.sendall(GREETING)
                 links[conn] = Link()
                 sel.register(conn, selectors.EVENT_READ)
             elif data := sock.recv(65536):
